@@ -1,0 +1,95 @@
+"""Checks a config before anything runs, and that a workdir belongs to it."""
+
+import json
+from pathlib import Path
+
+import ml_collections
+
+MODES = ("selftrain", "train")
+CONFIG_FILE = "config.json"
+# Fields that change how a run is carried out, not what it computes.
+HARMLESS_FIELDS = (
+    "dataset.data_dir",
+    "dataset.manual_dir",
+    "dataset.num_workers",
+    "train.log_every",
+    "train.checkpoint_every",
+)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises one ValueError listing every bad value (field, value, what is allowed)."""
+    problems = []
+
+    def need(ok: bool, field: str, allowed: str) -> None:
+        if not ok:
+            value = config
+            for part in field.split("."):
+                value = value[part]
+            problems.append(f"config.{field}={value!r}: {allowed}")
+
+    st, tr, ds = config.selftrain, config.train, config.dataset
+    need(config.mode in MODES, "mode", f"use one of {MODES}")
+    need(0.0 <= st.tau <= 1.0, "selftrain.tau", "a confidence in [0, 1]")
+    need(st.generations >= 0, "selftrain.generations", "0 or more")
+    need(st.query in ("bbox", "all"), "selftrain.query", "'bbox' or 'all'")
+    need(st.student_init in ("same", "teacher"), "selftrain.student_init", "'same' or 'teacher'")
+    need(0.0 < st.labeled_fraction <= 1.0, "selftrain.labeled_fraction", "in (0, 1]")
+    need(st.pseudo_weight >= 0.0, "selftrain.pseudo_weight", "0 or more")
+    need(st.num_unlabeled_pairs >= 1, "selftrain.num_unlabeled_pairs", "1 or more")
+    need(
+        1 <= st.max_pseudo_points <= ds.max_keypoints,
+        "selftrain.max_pseudo_points",
+        f"between 1 and dataset.max_keypoints ({ds.max_keypoints})",
+    )
+    need(ds.image_size >= 16, "dataset.image_size", "16 pixels or more")
+    need(ds.max_keypoints >= 1, "dataset.max_keypoints", "1 or more")
+    need(ds.num_workers >= 0, "dataset.num_workers", "0 or more")
+    for field in ("steps", "batch_size", "log_every", "checkpoint_every"):
+        need(tr[field] >= 1, f"train.{field}", "1 or more")
+    need(config.eval.batch_size >= 1, "eval.batch_size", "1 or more")
+    need(all(a > 0 for a in config.eval.alphas), "eval.alphas", "positive fractions")
+    for role in ("teacher", "student"):
+        need(
+            config.augment[role] in ("weak", "strong", "none"),
+            f"augment.{role}",
+            "'weak', 'strong' or 'none'",
+        )
+    if problems:
+        raise ValueError("Bad config:\n  " + "\n  ".join(problems))
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """Saves the config in `workdir`, or checks that the one saved there matches it.
+
+    A workdir holds the checkpoints of one config; continuing it with another would mix
+    generations trained under different settings.
+    """
+    path = workdir / CONFIG_FILE
+    current = json.loads(config.to_json())
+    if path.exists():
+        saved = _flatten(json.loads(path.read_text()))
+        now = _flatten(current)
+        differ = sorted(
+            k for k in set(saved) | set(now)
+            if k not in HARMLESS_FIELDS and saved.get(k) != now.get(k)
+        )
+        if differ:
+            listed = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in differ[:8])
+            raise ValueError(
+                f"The workdir {workdir} holds a run of a different config ({listed}). "
+                "Use a fresh --workdir, or the config that made it."
+            )
+    else:
+        path.write_text(json.dumps(current, indent=1))

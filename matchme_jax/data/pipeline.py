@@ -1,0 +1,172 @@
+"""grain input pipelines: labeled pairs, pseudo-labeled pairs, and evaluation batches.
+
+The host decodes, resizes every image to the square canvas (`dataset.image_size`) and pads the
+keypoints to a fixed `dataset.max_keypoints` with a mask, so that every batch has the same shapes
+whatever its origin: a pseudo-labeled pair is just keypoints with another weight, and nothing
+recompiles when a student takes over. Random augmentation happens on device, in the train step.
+
+A prepared element (`prepare_pair`) holds:
+  source_image, target_image: [S, S, 3] uint8 (S = dataset.image_size)
+  source_keypoints, target_keypoints: [K, 2] float32, (x, y) canvas pixels
+  keypoint_mask: [K] bool; keypoint_weight: [K] float32 (1 for ground truth)
+  source_bbox, target_bbox: [4] float32, x1 y1 x2 y2 canvas pixels
+  source_size, target_size: [2] int32, original (height, width)
+  source_bbox_original: [4] float32, the source box in original pixels
+  category: int32; flip: bool; index: int32 (position in its split); valid: bool
+and, when asked for (`extra_keys`), raw features passed through unchanged, such as the
+synthetic benchmark's dense ground truth (`TRUTH_KEYS`).
+"""
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import grain
+import numpy as np
+
+from matchme_jax.data.resize import resize_example
+
+# Keys the device needs; everything else stays on the host.
+DEVICE_KEYS = (
+    "source_image",
+    "target_image",
+    "source_keypoints",
+    "target_keypoints",
+    "keypoint_mask",
+    "keypoint_weight",
+    "source_bbox",
+    "target_bbox",
+    "flip",
+    "valid",
+)
+
+# The synthetic benchmark's dense target->source truth, used to score pseudo labels.
+TRUTH_KEYS = ("dense_correspondence", "dense_correspondence_mask")
+
+
+def _pad(points: np.ndarray, max_keypoints: int) -> np.ndarray:
+    out = np.zeros((max_keypoints, 2), np.float32)
+    n = min(len(points), max_keypoints)
+    out[:n] = points[:n]
+    return out
+
+
+def prepare_pair(
+    example: Mapping[str, np.ndarray], index: int, *, image_size: int, max_keypoints: int
+) -> dict[str, np.ndarray]:
+    """One raw pair (TFDS features) -> fixed-shape arrays in the canvas frame."""
+    src_kps = np.asarray(example["source_keypoints"], np.float32).reshape(-1, 2)
+    trg_kps = np.asarray(example["target_keypoints"], np.float32).reshape(-1, 2)
+    src_image, src_kps, src_bbox = resize_example(
+        example["source_image"], src_kps, example["source_bbox"], image_size
+    )
+    trg_image, trg_kps, trg_bbox = resize_example(
+        example["target_image"], trg_kps, example["target_bbox"], image_size
+    )
+    n = min(len(src_kps), max_keypoints)
+    weight = np.zeros(max_keypoints, np.float32)
+    weight[:n] = np.asarray(example.get("keypoint_weight", np.ones(len(src_kps))))[:n]
+    return {
+        "source_image": src_image,
+        "target_image": trg_image,
+        "source_keypoints": _pad(src_kps, max_keypoints),
+        "target_keypoints": _pad(trg_kps, max_keypoints),
+        "keypoint_mask": np.arange(max_keypoints) < n,
+        "keypoint_weight": weight,
+        "source_bbox": np.asarray(src_bbox, np.float32),
+        "source_bbox_original": np.asarray(example["source_bbox"], np.float32),
+        "target_bbox": np.asarray(trg_bbox, np.float32),
+        "source_size": np.asarray(example["source_image"].shape[:2], np.int32),
+        "target_size": np.asarray(example["target_image"].shape[:2], np.int32),
+        "category": np.int32(example["category"]),
+        "flip": np.bool_(example.get("flip", False)),
+        "index": np.int32(index),
+        "valid": np.bool_(True),
+    }
+
+
+def _prepared(source, dataset_cfg, extra_keys: Sequence[str] = ()) -> grain.MapDataset:
+    def prepare(index, example):
+        prepared = prepare_pair(
+            example,
+            index,
+            image_size=dataset_cfg.image_size,
+            max_keypoints=dataset_cfg.max_keypoints,
+        )
+        prepared.update({k: np.asarray(example[k]) for k in extra_keys if k in example})
+        return prepared
+
+    return grain.MapDataset.source(source).map_with_index(prepare)
+
+
+def _to_iterator(ds: grain.MapDataset, num_workers: int) -> grain.DatasetIterator:
+    it_ds = ds.to_iter_dataset()
+    if num_workers > 0:
+        it_ds = it_ds.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers))
+    return iter(it_ds)
+
+
+def training_iterator(
+    sources: Sequence, weights: Sequence[float], dataset_cfg, *, batch_size: int, seed: int
+) -> grain.DatasetIterator:
+    """Endless shuffled batches drawn from `sources` in proportion to `weights`.
+
+    Each source is shuffled anew every epoch from `seed`; the iterator's state (`get_state`)
+    goes into the checkpoint so that a resumed run sees the same batches.
+    """
+    parts = [
+        _prepared(src, dataset_cfg).seed(seed + i).shuffle().repeat()
+        for i, src in enumerate(sources)
+    ]
+    ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights=list(weights))
+    ds = ds.batch(batch_size, drop_remainder=True)
+    return _to_iterator(ds, dataset_cfg.num_workers)
+
+
+def padded_batches(
+    source, dataset_cfg, *, batch_size: int, extra_keys: Sequence[str] = ()
+) -> Iterator[dict[str, np.ndarray]]:
+    """Every example once, in order, as full batches; the last one is padded with valid=False."""
+    ds = _prepared(source, dataset_cfg, extra_keys).batch(batch_size, drop_remainder=False)
+    for batch in _to_iterator(ds, dataset_cfg.num_workers):
+        n = len(batch["valid"])
+        if n < batch_size:
+            batch = {
+                k: np.concatenate([v, np.zeros((batch_size - n, *v.shape[1:]), v.dtype)])
+                for k, v in batch.items()
+            }
+        yield batch
+
+
+def device_batch(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The part of a host batch the jitted steps take."""
+    return {k: batch[k] for k in DEVICE_KEYS}
+
+
+class PseudoLabeledPairs:
+    """Unlabeled pairs with the teacher's pseudo keypoints, as a random-access source.
+
+    Reads the images (and boxes) from the unlabeled split and the keypoints from the pseudo-label
+    store, so a pseudo pair comes out exactly like a labeled TFDS example and goes through the
+    same host preparation and on-device augmentation.
+    """
+
+    def __init__(self, unlabeled_source, pseudo: Mapping[str, np.ndarray], weight: float):
+        self._source = unlabeled_source
+        self._pseudo = pseudo
+        self._weight = weight
+
+    def __len__(self) -> int:
+        return len(self._pseudo["index"])
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        example = self._source[int(self._pseudo["index"][i])]
+        mask = self._pseudo["mask"][i]
+        return {
+            "source_image": example["source_image"],
+            "target_image": example["target_image"],
+            "source_bbox": example["source_bbox"],
+            "target_bbox": example["target_bbox"],
+            "category": example["category"],
+            "source_keypoints": self._pseudo["source_keypoints"][i][mask],
+            "target_keypoints": self._pseudo["target_keypoints"][i][mask],
+            "keypoint_weight": np.full(int(mask.sum()), self._weight, np.float32),
+        }

@@ -1,0 +1,113 @@
+"""Defaults every experiment config (configs/*.py) starts from.
+
+The values follow the official CATs `train.py` where it has one; the self-training fields are our
+reading of the MatchMe paper, which does not publish its code.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def cats_model() -> ml_collections.ConfigDict:
+    """The official CATs model (train.py defaults: ResNet-101, depth 1)."""
+    return ml_collections.ConfigDict(
+        dict(
+            name="cats",
+            backbone="resnet101",  # resnet101 | resnet50 | custom
+            backbone_blocks=(3, 4, 23, 3),  # blocks per stage, used when backbone == "custom"
+            backbone_width=64,  # stem channels, used when backbone == "custom"
+            backbone_weights=config_dict.placeholder(str),  # torchvision ResNet weights file
+            hyperpixel_ids=(0, 8, 20, 21, 26, 28, 29, 30),
+            feature_size=16,
+            feature_proj_dim=128,
+            depth=1,
+            num_heads=6,
+            mlp_ratio=4.0,
+            beta=0.02,
+            freeze_backbone=False,
+            bn_mode="official",  # official: batch statistics while training | frozen
+            dtype="float32",
+        )
+    )
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field a run reads; experiment configs override what differs."""
+    config = ml_collections.ConfigDict()
+    config.seed = 2021
+    # selftrain: teacher then students | train: generation 0 only | evaluate: test a checkpoint.
+    config.mode = "selftrain"
+    # A checkpoint to start generation 0 from (ours, or an official .pth/.npz/.safetensors).
+    config.init_from = config_dict.placeholder(str)
+
+    config.dataset = ml_collections.ConfigDict(
+        dict(
+            name="spair71k",
+            builder_config=config_dict.placeholder(str),
+            data_dir=config_dict.placeholder(str),  # default: $TFDS_DATA_DIR or ~/tensorflow_datasets
+            manual_dir=config_dict.placeholder(str),
+            image_size=256,  # square canvas the images are resized to (the official 256-px frame)
+            max_keypoints=40,  # keypoints are padded to this many, with a mask
+            train_split="train",
+            unlabeled_split="unlabeled",
+            validation_split="validation",
+            test_split="test",
+            num_workers=0,  # grain worker processes; 0 reads in the main process
+        )
+    )
+
+    config.model = cats_model()
+
+    config.train = ml_collections.ConfigDict(
+        dict(
+            batch_size=32,
+            steps=20_000,
+            log_every=50,
+            checkpoint_every=1_000,
+            validate_every=0,  # 0: validate only at the end of a generation
+        )
+    )
+
+    config.optim = ml_collections.ConfigDict(
+        dict(
+            head_lr=3e-5,
+            backbone_lr=3e-6,
+            weight_decay=0.05,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            schedule="multistep",  # constant | multistep | cosine
+            # multistep: fractions of the run at which the rate halves (official: epochs 70/80/90 of 100).
+            milestones=(0.7, 0.8, 0.9),
+            gamma=0.5,
+            min_lr=1e-6,  # cosine floor (official --scheduler cosine)
+        )
+    )
+
+    # Augmentation strengths: the teacher gets the official CATs set, the student a stronger one.
+    # Same code, different values (see matchme_jax/data/augment.py for every field).
+    config.augment = ml_collections.ConfigDict(dict(teacher="weak", student="strong"))
+
+    config.selftrain = ml_collections.ConfigDict(
+        dict(
+            generations=2,  # student generations after the generation-0 teacher
+            tau=0.7,  # keep a pseudo correspondence when its confidence >= tau
+            query="bbox",  # bbox: target cells inside the target box | all: every cell
+            num_unlabeled_pairs=2000,  # unlabeled pairs the teacher annotates per generation
+            max_pseudo_points=40,  # most confident points kept per pair (<= dataset.max_keypoints)
+            min_pseudo_points=1,  # pairs with fewer kept points are dropped
+            pseudo_weight=1.0,  # loss weight of a pseudo point relative to a labeled one
+            labeled_fraction=0.5,  # share of labeled pairs in a student batch
+            student_init="same",  # same: the teacher's initialisation | teacher: the teacher's weights
+        )
+    )
+
+    config.eval = ml_collections.ConfigDict(
+        dict(
+            batch_size=16,
+            alphas=(0.05, 0.1, 0.15),
+            threshold="bbox",  # bbox | img
+            flow_to_keypoints="official",  # official | bilinear
+        )
+    )
+    return config

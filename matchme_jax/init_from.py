@@ -1,0 +1,56 @@
+"""`config.init_from`: start from one of our checkpoints or an official PyTorch checkpoint."""
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def _from_our_checkpoint(path: Path) -> dict:
+    """params and batch_stats of the latest step under a generation or checkpoints folder."""
+    directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    manager = ocp.CheckpointManager(directory)
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(
+            f"config.init_from={str(path)!r} holds no checkpoint; point it at a W/gen_<g> folder "
+            "of an earlier run, or at an official CATs .pth/.npz/.safetensors file."
+        )
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    state = restored["state"]
+    return {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
+
+
+def _from_official(path: Path, config) -> dict:
+    from matchme_jax import convert
+
+    state_dict = convert.load_state_dict_file(path)
+    _, variables = convert.cats_from_torch(state_dict, **config.model.to_dict())
+    return variables
+
+
+def load_variables(config, like: dict) -> dict:
+    """The variables at `config.init_from`, checked against the model's own (`like`)."""
+    path = Path(config.init_from)
+    if not path.exists():
+        raise FileNotFoundError(f"config.init_from={str(path)!r} does not exist.")
+    loaded = _from_our_checkpoint(path) if path.is_dir() else _from_official(path, config)
+    want = jax.tree_util.tree_flatten_with_path(like)[0]
+    have = dict(jax.tree_util.tree_flatten_with_path(loaded)[0])
+    problems = []
+    for key, leaf in want:
+        if key not in have:
+            problems.append(f"missing {jax.tree_util.keystr(key)}")
+        elif np.shape(have[key]) != np.shape(leaf):
+            problems.append(
+                f"{jax.tree_util.keystr(key)} has shape {np.shape(have[key])}, the model "
+                f"wants {np.shape(leaf)}"
+            )
+    if problems:
+        raise ValueError(
+            f"config.init_from={str(path)!r} does not fit config.model: "
+            + "; ".join(problems[:10])
+            + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else "")
+        )
+    return jax.tree.map(lambda x, ref: np.asarray(x, ref.dtype), loaded, like)

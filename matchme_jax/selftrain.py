@@ -1,0 +1,239 @@
+"""MatchMe's generations: a supervised teacher, then students trained on its pseudo labels.
+
+Generation 0 trains a teacher on the labeled pairs with the official (weak) augmentation.
+Generation g >= 1 lets teacher g-1 annotate unlabeled pairs, trains a student on labeled +
+pseudo-labeled pairs with strong augmentation, from the same initialisation and with the same
+step budget as the teacher, evaluates it, and makes it the next teacher. One compiled train step
+serves every generation. Each generation writes W/gen_<g>/ (checkpoints, pseudo labels, logs,
+summary.json); W/results.json collects the summaries.
+
+A finished generation is never redone: rerunning the same command continues where it stopped.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from matchme_jax import annotate, checkpoint, config_checks, evaluate, parallel
+from matchme_jax.data import pipeline, sources
+from matchme_jax.data.augment import AugmentStrength
+from matchme_jax.models import build_model
+from matchme_jax.train.loop import train_generation
+from matchme_jax.train.state import create_train_state, make_optimizer
+from matchme_jax.train.step import TrainStep
+
+RESULTS_FILE = "results.json"
+SUMMARY_FILE = "summary.json"
+
+
+class Run:
+    """Everything a self-training run builds once: data sources, model, compiled steps."""
+
+    def __init__(self, config, workdir: Path):
+        self.config = config
+        self.workdir = workdir
+        dataset_cfg = config.dataset
+        self.train_source = sources.open_split(dataset_cfg, dataset_cfg.train_split)
+        self.test_source = sources.open_split(dataset_cfg, dataset_cfg.test_split)
+        self.categories = sources.category_names(dataset_cfg)
+        self.model = build_model(config.model)
+        self.optimizer = make_optimizer(
+            config.optim,
+            total_steps=config.train.steps,
+            freeze_backbone=config.model.freeze_backbone,
+        )
+        self.train_step = TrainStep(self.model, self.optimizer, config.model, dataset_cfg)
+        self.eval_step = evaluate.make_eval_step(self.model, dataset_cfg, config.eval)
+        self.annotate_step = annotate.make_annotate_step(self.model)
+        self.init_variables = self._initial_variables()
+        self.strengths = {
+            "teacher": AugmentStrength.from_config(config.augment.teacher),
+            "student": AugmentStrength.from_config(config.augment.student),
+        }
+
+    def _initial_variables(self):
+        size = self.config.dataset.image_size
+        images = jnp.zeros((1, size, size, 3), jnp.float32)
+        rng = jax.random.key(self.config.seed)
+        variables = jax.jit(lambda r: self.model.init(r, source=images, target=images))(rng)
+        if self.config.init_from:
+            from matchme_jax import init_from  # the converter is only needed here
+
+            variables = init_from.load_variables(self.config, variables)
+        return parallel.replicate(variables)
+
+    def unlabeled_source(self, generation: int):
+        """The unlabeled pairs this generation's teacher annotates (a seeded draw)."""
+        dataset_cfg = self.config.dataset
+        full = sources.open_split(dataset_cfg, dataset_cfg.unlabeled_split)
+        n = min(self.config.selftrain.num_unlabeled_pairs, len(full))
+        rng = np.random.default_rng([self.config.seed, generation])
+        return Subset(full, np.sort(rng.choice(len(full), n, replace=False))), full
+
+    def train(self, generation: int, variables, training_sources, weights, role: str):
+        """Trains one generation from `variables`; resumes from its latest checkpoint."""
+        gen_dir = self.workdir / f"gen_{generation}"
+        state = parallel.replicate(create_train_state(variables, self.optimizer))
+        ckpt = checkpoint.GenerationCheckpoints(gen_dir)
+        batches = pipeline.training_iterator(
+            training_sources,
+            weights,
+            self.config.dataset,
+            batch_size=self.config.train.batch_size,
+            seed=self.config.seed + 1000 * generation,
+        )
+        latest = ckpt.latest_step()
+        if latest is not None:
+            logging.info("Generation %d: resuming from step %d", generation, latest)
+            state, data_state = ckpt.restore(latest, checkpoint.abstract(state))
+            state = parallel.replicate(state)
+            batches.set_state(data_state)
+        rng = jax.random.fold_in(jax.random.key(self.config.seed), generation)
+        state = train_generation(
+            state=state,
+            train_step=self.train_step,
+            batches=batches,
+            strength=self.strengths[role],
+            rng=rng,
+            train_cfg=self.config.train,
+            checkpoints=ckpt,
+            log_path=gen_dir / "train_log.jsonl",
+            label=f"gen {generation} ({role})",
+        )
+        ckpt.close()
+        return state.variables()
+
+    def test(self, variables) -> dict:
+        return evaluate.evaluate(
+            self.eval_step,
+            variables,
+            self.test_source,
+            self.config.dataset,
+            self.config.eval,
+            self.categories,
+        )
+
+
+class Subset:
+    """The examples of `source` at `indices`, as a random-access source."""
+
+    def __init__(self, source, indices: np.ndarray):
+        self._source = source
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self._source[int(self.indices[i])]
+
+
+def _pseudo_labels(run: Run, generation: int, teacher) -> tuple[dict, dict, object]:
+    """Annotates this generation's unlabeled pairs (or reloads what an earlier try wrote)."""
+    pseudo_dir = run.workdir / f"gen_{generation}" / "pseudo"
+    subset, full = run.unlabeled_source(generation)
+    if (pseudo_dir / annotate.PSEUDO_FILE).exists():
+        pseudo, stats = annotate.load(pseudo_dir)
+    else:
+        pseudo, stats = annotate.annotate_pairs(
+            run.annotate_step,
+            teacher,
+            subset,
+            run.config.dataset,
+            run.config.selftrain,
+            batch_size=run.config.eval.batch_size,
+        )
+        pseudo["index"] = subset.indices[pseudo["index"]]  # positions in the whole split
+        annotate.save(pseudo_dir, pseudo, stats)
+    logging.info("Generation %d pseudo labels: %s", generation, stats)
+    if not len(pseudo["index"]):
+        raise RuntimeError(
+            f"Generation {generation}: the teacher kept no pseudo label at tau="
+            f"{run.config.selftrain.tau}. Lower config.selftrain.tau or train the teacher longer."
+        )
+    return pseudo, stats, full
+
+
+def _public_stats(stats: dict | None) -> dict | None:
+    if stats is None:
+        return None
+    keys = ("pairs", "points", "points_per_pair", "mean_confidence", "precision@0.05",
+            "precision@0.1")
+    return {k: stats[k] for k in keys if k in stats}
+
+
+def run(config, workdir: str | Path) -> dict:
+    """Runs (or continues) the whole self-training; returns the results.json content."""
+    config_checks.validate(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_checks.check_workdir(config, workdir)
+    logging.info("Devices: %s", jax.devices())
+    run_ = Run(config, workdir)
+    generations = config.selftrain.generations if config.mode == "selftrain" else 0
+    results = {"generations": []}
+    teacher = None
+    for g in range(generations + 1):
+        gen_dir = workdir / f"gen_{g}"
+        summary_path = gen_dir / SUMMARY_FILE
+        start = time.perf_counter()
+        role = "teacher" if g == 0 else "student"
+        if g == 0:
+            training, weights, stats = [run_.train_source], [1.0], None
+        else:
+            pseudo, stats, unlabeled = _pseudo_labels(run_, g, teacher)
+            pseudo_pairs = pipeline.PseudoLabeledPairs(
+                unlabeled, pseudo, config.selftrain.pseudo_weight
+            )
+            fraction = config.selftrain.labeled_fraction
+            training, weights = [run_.train_source, pseudo_pairs], [fraction, 1.0 - fraction]
+        if config.selftrain.student_init == "teacher" and g > 0:
+            init = teacher
+        else:
+            init = run_.init_variables
+        variables = run_.train(g, init, training, weights, role)
+        if summary_path.exists():
+            summary = json.loads(summary_path.read_text())
+        else:
+            test = run_.test(variables)
+            summary = {
+                "generation": g,
+                "role": role,
+                "test": {k: v for k, v in test.items() if k.startswith("pck@")},
+                "test_details": test,
+                "pseudo_labels": _public_stats(stats),
+                "pseudo_label_details": stats,
+                "train_steps": config.train.steps,
+                "wall_time_s": round(time.perf_counter() - start, 1),
+            }
+            summary_path.write_text(json.dumps(summary, indent=1))
+        results["generations"].append(
+            {k: summary[k] for k in ("generation", "role", "test", "pseudo_labels")}
+        )
+        (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1))
+        teacher = variables
+    results["train_step_compilations"] = run_.train_step.trace_count
+    (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1))
+    print(format_table(results))
+    return results
+
+
+def format_table(results: dict) -> str:
+    """The per-generation table printed at the end of a run."""
+    lines = [
+        "gen  role     PCK@0.05  PCK@0.1  PCK@0.15  pseudo pairs  pseudo points  precision@0.1",
+    ]
+    for r in results["generations"]:
+        t, p = r["test"], r["pseudo_labels"] or {}
+        precision = p.get("precision@0.1")
+        lines.append(
+            f"{r['generation']:>3}  {r['role']:<7}  {t['pck@0.05']:8.2f}  {t['pck@0.1']:7.2f}  "
+            f"{t['pck@0.15']:8.2f}  {p.get('pairs', '-'):>12}  {p.get('points', '-'):>13}  "
+            f"{'-' if precision is None else f'{precision:.1f}':>13}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""THE train step: augment on device, keypoints -> sparse flow targets, EPE, AdamW.
+
+Built once and jitted once; every generation calls the same compiled function. What differs
+between the teacher and a student (augmentation strength, the mix of labeled and pseudo pairs,
+the keypoint weights) arrives as array arguments, never as Python constants.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from matchme_jax.data.augment import AugmentStrength, augment_batch, normalize_images
+from matchme_jax.data.targets import keypoints_to_flow
+from matchme_jax.losses import sparse_epe
+from matchme_jax.train.state import TrainState
+
+
+def make_update_fn(model, optimizer: optax.GradientTransformation, *, bn_train: bool) -> Callable:
+    """`update(state, source, target, flow_gt, cell_weight) -> (state, metrics)`.
+
+    One optimizer step on ImageNet-normalised images `[B, H, W, 3]` and a sparse flow target
+    `flow_gt: [B, h, w, 2]` with per-cell weights `[B, h, w]`. With `bn_train` the backbone
+    BatchNorm uses batch statistics and updates its running statistics, as the official
+    training does (even with a frozen backbone).
+    """
+
+    def loss_fn(params, batch_stats, source, target, flow_gt, cell_weight):
+        variables = {"params": params, "batch_stats": batch_stats}
+        if bn_train:
+            flow, updated = model.apply(
+                variables, source=source, target=target, train=True, mutable=["batch_stats"]
+            )
+            batch_stats = updated["batch_stats"]
+        else:
+            flow = model.apply(variables, source=source, target=target, train=True)
+        return sparse_epe(flow, flow_gt, weight=cell_weight), (batch_stats, flow)
+
+    def update(state: TrainState, source, target, flow_gt, cell_weight):
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (batch_stats, flow)), grads = grad_fn(
+            state.params, state.batch_stats, source, target, flow_gt, cell_weight
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+        )
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "flow": flow}
+        return new_state, metrics
+
+    return update
+
+
+class TrainStep:
+    """`step(state, batch, rng, strength) -> (state, metrics)`, jitted once with the state donated.
+
+    `batch` holds the device keys of a prepared batch (see matchme_jax/data/pipeline.py);
+    `strength` is an `AugmentStrength`. `trace_count` counts how often JAX traced the step: it
+    must stay at 1 for a whole self-training run.
+    """
+
+    def __init__(self, model, optimizer, model_cfg, dataset_cfg):
+        self._update = make_update_fn(model, optimizer, bn_train=model_cfg.bn_mode == "official")
+        self._feature_size = model_cfg.feature_size
+        self._image_size = dataset_cfg.image_size
+        self.trace_count = 0
+        self._jitted = jax.jit(self._step, donate_argnums=(0,))
+
+    def _step(self, state: TrainState, batch, rng, strength: AugmentStrength):
+        self.trace_count += 1  # runs only while tracing
+        rng = jax.random.fold_in(rng, state.step)
+        batch = augment_batch(rng, batch, strength)
+        mask = batch["keypoint_mask"] & batch["valid"][:, None]
+        flow_gt, _, cell_weight = keypoints_to_flow(
+            batch["source_keypoints"],
+            batch["target_keypoints"],
+            mask,
+            feature_size=self._feature_size,
+            image_size=self._image_size,
+            weight=batch["keypoint_weight"],
+        )
+        state, metrics = self._update(
+            state,
+            normalize_images(batch["source_image"]),
+            normalize_images(batch["target_image"]),
+            flow_gt,
+            cell_weight,
+        )
+        del metrics["flow"]
+        metrics["keypoints"] = jnp.sum(mask)
+        return state, metrics
+
+    def __call__(self, state, batch, rng, strength):
+        return self._jitted(state, batch, rng, strength)

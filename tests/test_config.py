@@ -1,0 +1,79 @@
+"""Configs: `:tiny` variants, command-line overrides, and clear errors for bad values."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from matchme_jax import config_checks
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
+
+
+def load(spec: str):
+    """A config as `--config=configs/<spec>` would load it."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("config", ROOT / "configs" / path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("arg", ["", "tiny"])
+def test_every_config_and_its_tiny_variant_validate(name, arg):
+    config_checks.validate(load(f"{name}:{arg}" if arg else name))
+
+
+def test_bad_values_are_listed_in_one_error():
+    config = load("synthetic.py:tiny")
+    config.selftrain.tau = 1.5
+    config.selftrain.query = "everywhere"
+    config.train.steps = 0
+    with pytest.raises(ValueError) as error:
+        config_checks.validate(config)
+    message = str(error.value)
+    for field in ("selftrain.tau=1.5", "selftrain.query='everywhere'", "train.steps=0"):
+        assert field in message
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+    config = load("synthetic.py:tiny")
+    config_checks.check_workdir(config, tmp_path)
+    config_checks.check_workdir(config, tmp_path)  # the same config continues
+    config.train.log_every = 7  # harmless: how the run reports, not what it computes
+    config_checks.check_workdir(config, tmp_path)
+    config.selftrain.tau = 0.5
+    with pytest.raises(ValueError, match=r"selftrain.tau: 0.7 -> 0.5"):
+        config_checks.check_workdir(config, tmp_path)
+
+
+def _run_py(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--config=configs/missing.py", "--workdir=/tmp/x"], "missing.py"),
+        (["--config=configs/synthetic.py:tiny", "--config.train.no_such_field=1",
+          "--workdir=/tmp/x"], "no_such_field"),
+        (["--config=configs/synthetic.py:tiny", "--config.train.steps=many",
+          "--workdir=/tmp/x"], "many"),
+        (["--config=configs/synthetic.py:tiny", "--config.selftrain.tau=2.0",
+          "--workdir=/tmp/x"], "selftrain.tau=2.0"),
+    ],
+)
+def test_command_line_errors_name_the_problem(args, expected):
+    result = _run_py(*args)
+    assert result.returncode != 0
+    assert expected in result.stderr
