@@ -1,7 +1,7 @@
 r"""Runs MatchMe self-training (or a single generation) from a config file.
 
-    python run.py --config=configs/synthetic.py --workdir=/tmp/matchme
-    python run.py --config=configs/synthetic.py:tiny --workdir=/tmp/tiny --config.train.steps=10
+python run.py --config=configs/synthetic.py --workdir=/tmp/matchme
+python run.py --config=configs/synthetic.py:tiny --workdir=/tmp/tiny --config.train.steps=10
 """
 
 from absl import app, flags, logging

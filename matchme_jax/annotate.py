@@ -237,8 +237,10 @@ def load(directory: Path) -> tuple[dict[str, np.ndarray], dict]:
     path = directory / PSEUDO_FILE
     try:
         with np.load(path) as f:
-            pseudo = {k: f[k] for k in ("index", "source_keypoints", "target_keypoints",
-                                        "confidence", "mask")}
+            pseudo = {
+                k: f[k]
+                for k in ("index", "source_keypoints", "target_keypoints", "confidence", "mask")
+            }
         stats = json.loads((directory / STATS_FILE).read_text())
     except (OSError, KeyError, ValueError) as e:
         raise RuntimeError(
@@ -247,5 +249,7 @@ def load(directory: Path) -> tuple[dict[str, np.ndarray], dict]:
         ) from e
     n = len(pseudo["index"])
     if any(len(v) != n for v in pseudo.values()):
-        raise RuntimeError(f"The pseudo labels in {path} are cut short; delete {directory} and rerun.")
+        raise RuntimeError(
+            f"The pseudo labels in {path} are cut short; delete {directory} and rerun."
+        )
     return pseudo, stats

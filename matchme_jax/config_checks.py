@@ -82,7 +82,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
         saved = _flatten(json.loads(path.read_text()))
         now = _flatten(current)
         differ = sorted(
-            k for k in set(saved) | set(now)
+            k
+            for k in set(saved) | set(now)
             if k not in HARMLESS_FIELDS and saved.get(k) != now.get(k)
         )
         if differ:

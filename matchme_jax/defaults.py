@@ -44,7 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             name="spair71k",
             builder_config=config_dict.placeholder(str),
-            data_dir=config_dict.placeholder(str),  # default: $TFDS_DATA_DIR or ~/tensorflow_datasets
+            data_dir=config_dict.placeholder(
+                str
+            ),  # default: $TFDS_DATA_DIR or ~/tensorflow_datasets
             manual_dir=config_dict.placeholder(str),
             image_size=256,  # square canvas the images are resized to (the official 256-px frame)
             max_keypoints=40,  # keypoints are padded to this many, with a mask
@@ -77,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
             b2=0.999,
             eps=1e-8,
             schedule="multistep",  # constant | multistep | cosine
-            # multistep: fractions of the run at which the rate halves (official: epochs 70/80/90 of 100).
+            # multistep: where the rate halves, as fractions of the run (official: 70, 80, 90 %).
             milestones=(0.7, 0.8, 0.9),
             gamma=0.5,
             min_lr=1e-6,  # cosine floor (official --scheduler cosine)
@@ -98,7 +100,8 @@ def base_config() -> ml_collections.ConfigDict:
             min_pseudo_points=1,  # pairs with fewer kept points are dropped
             pseudo_weight=1.0,  # loss weight of a pseudo point relative to a labeled one
             labeled_fraction=0.5,  # share of labeled pairs in a student batch
-            student_init="same",  # same: the teacher's initialisation | teacher: the teacher's weights
+            # same: the teacher's initialisation | teacher: start from the teacher's weights
+            student_init="same",
         )
     )
 

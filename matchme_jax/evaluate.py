@@ -42,10 +42,7 @@ def make_eval_step(model, dataset_cfg, eval_cfg) -> Callable:
             threshold = jnp.full(flow.shape[:1], metrics.img_threshold(image_size), jnp.float32)
         mask = batch["keypoint_mask"]
         return jnp.stack(
-            [
-                metrics.pck(predicted, batch["source_keypoints"], mask, threshold, a)
-                for a in alphas
-            ]
+            [metrics.pck(predicted, batch["source_keypoints"], mask, threshold, a) for a in alphas]
         )
 
     return jax.jit(eval_step)
@@ -63,10 +60,10 @@ def evaluate(
     accumulators = [metrics.PCKAccumulator(category_names) for _ in eval_cfg.alphas]
     for batch in pipeline.padded_batches(source, dataset_cfg, batch_size=eval_cfg.batch_size):
         per_pair = np.asarray(eval_step(variables, pipeline.device_batch(batch)))
-        for acc, pck in zip(accumulators, per_pair):
+        for acc, pck in zip(accumulators, per_pair, strict=True):
             acc.update(pck, batch["valid"], batch["category"])
     result = {}
-    for alpha, acc in zip(eval_cfg.alphas, accumulators):
+    for alpha, acc in zip(eval_cfg.alphas, accumulators, strict=True):
         r = acc.result()
         result[f"pck@{alpha:g}"] = r["overall"]
         result[f"per_category@{alpha:g}"] = r["per_category"]

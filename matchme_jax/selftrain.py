@@ -51,10 +51,12 @@ class Run:
         self.eval_step = evaluate.make_eval_step(self.model, dataset_cfg, config.eval)
         self.annotate_step = annotate.make_annotate_step(self.model)
         self.init_variables = self._initial_variables()
-        self.strengths = {
-            "teacher": AugmentStrength.from_config(config.augment.teacher),
-            "student": AugmentStrength.from_config(config.augment.student),
+        presets = {
+            "weak": AugmentStrength.weak,
+            "strong": AugmentStrength.strong,
+            "none": AugmentStrength.none,
         }
+        self.strengths = {role: presets[config.augment[role]]() for role in ("teacher", "student")}
 
     def _initial_variables(self):
         size = self.config.dataset.image_size
@@ -162,8 +164,14 @@ def _pseudo_labels(run: Run, generation: int, teacher) -> tuple[dict, dict, obje
 def _public_stats(stats: dict | None) -> dict | None:
     if stats is None:
         return None
-    keys = ("pairs", "points", "points_per_pair", "mean_confidence", "precision@0.05",
-            "precision@0.1")
+    keys = (
+        "pairs",
+        "points",
+        "points_per_pair",
+        "mean_confidence",
+        "precision@0.05",
+        "precision@0.1",
+    )
     return {k: stats[k] for k in keys if k in stats}
 
 

@@ -65,12 +65,26 @@ def _run_py(*args: str) -> subprocess.CompletedProcess:
     "args, expected",
     [
         (["--config=configs/missing.py", "--workdir=/tmp/x"], "missing.py"),
-        (["--config=configs/synthetic.py:tiny", "--config.train.no_such_field=1",
-          "--workdir=/tmp/x"], "no_such_field"),
-        (["--config=configs/synthetic.py:tiny", "--config.train.steps=many",
-          "--workdir=/tmp/x"], "many"),
-        (["--config=configs/synthetic.py:tiny", "--config.selftrain.tau=2.0",
-          "--workdir=/tmp/x"], "selftrain.tau=2.0"),
+        (
+            [
+                "--config=configs/synthetic.py:tiny",
+                "--config.train.no_such_field=1",
+                "--workdir=/tmp/x",
+            ],
+            "no_such_field",
+        ),
+        (
+            ["--config=configs/synthetic.py:tiny", "--config.train.steps=many", "--workdir=/tmp/x"],
+            "many",
+        ),
+        (
+            [
+                "--config=configs/synthetic.py:tiny",
+                "--config.selftrain.tau=2.0",
+                "--workdir=/tmp/x",
+            ],
+            "selftrain.tau=2.0",
+        ),
     ],
 )
 def test_command_line_errors_name_the_problem(args, expected):

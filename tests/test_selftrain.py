@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from test_config import load
 
 from matchme_jax import selftrain
-from test_config import load
 
 
 @pytest.fixture(scope="module")

@@ -34,8 +34,8 @@ def prepare(dataset_cfg) -> tfds.core.DatasetBuilder:
         if dataset_cfg.name not in GENERATED_DATASETS and not dataset_cfg.manual_dir:
             raise FileNotFoundError(
                 f"Dataset {builder.info.full_name} is not prepared in {builder.data_dir}. Prepare "
-                "it once (see the README, 'Real datasets'), or set config.dataset.manual_dir to the "
-                "folder that holds the downloaded archive."
+                "it once (see the README, 'Real datasets'), or set config.dataset.manual_dir to "
+                "the folder that holds the downloaded archive."
             )
         logging.info("Preparing %s in %s", builder.info.full_name, builder.data_dir)
         download_config = tfds.download.DownloadConfig(manual_dir=dataset_cfg.manual_dir)

@@ -52,7 +52,11 @@ def train_generation(
                 tick, tick_step = now, step
                 logging.info(
                     "%s step %d/%d  loss %.4f  grad_norm %.3f  %.2f steps/s",
-                    label, step, steps, metrics["loss"], metrics["grad_norm"],
+                    label,
+                    step,
+                    steps,
+                    metrics["loss"],
+                    metrics["grad_norm"],
                     metrics["steps_per_s"],
                 )
                 log.write(json.dumps({"step": step, **metrics}) + "\n")
@@ -61,4 +65,3 @@ def train_generation(
                 checkpoints.save(step, state, batches.get_state())
     checkpoints.wait()
     return state
-

@@ -23,7 +23,7 @@ class TrainState:
 
 
 def learning_rate_schedule(base_lr: float, optim_cfg, total_steps: int) -> optax.Schedule:
-    """constant | multistep (halve at fractions of the run, as the official MultiStepLR) | cosine."""
+    """constant, multistep (halving, like the official MultiStepLR) or cosine decay."""
     if optim_cfg.schedule == "constant":
         return optax.constant_schedule(base_lr)
     if optim_cfg.schedule == "multistep":
