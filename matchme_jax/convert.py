@@ -1,0 +1,383 @@
+"""Official PyTorch checkpoints -> Flax variables.
+
+* ``cats_from_torch``: an official CATs state dict (``feature_extraction.backbone.*``, ``proj.*``,
+  ``decoder.*``, ``x_normal``, ``y_normal`` and the BatchNorm buffers) -> ``(model, variables)``.
+* ``backbone_from_torchvision``: torchvision ResNet ImageNet weights (``conv1.weight``,
+  ``layer1.0.bn1.running_mean``, ...) -> the ``backbone`` subtree of the CATs variables.
+* ``load_state_dict_file``: ``.npz``, ``.safetensors``, and ``.pth``/``.pt`` when torch is
+  installed -> ``{torch key: numpy array}``.
+
+The table between the two namings is derived from the Flax parameter tree itself: a Flax path
+``backbone/layer3_12/downsample_bn/scale`` is the torch key
+``feature_extraction.backbone.layer3.12.downsample.1.weight``. Layouts: conv OIHW -> HWIO, linear
+[out, in] -> [in, out], positional embeddings drop their singleton axes. Keys the official model
+holds but never uses in its output (torchvision ``fc``, the ResNet blocks past the last hyperpixel,
+``decoder.norm``, ``num_batches_tracked``) are dropped; any other unknown, missing or mis-shaped
+key fails with one ValueError that lists them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from matchme_jax.models import build_model
+from matchme_jax.models.cats import CATs, MultiscaleBlock, cats_backbone
+from matchme_jax.models.resnet import RESNET_STAGE_BLOCKS
+
+BACKBONE_PREFIX = "feature_extraction.backbone."
+_FC_KEYS = ("fc.weight", "fc.bias")
+_UNUSED_HEAD_KEYS = ("decoder.norm.weight", "decoder.norm.bias")
+_MODULE_NAMES = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
+_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}
+_INDEXED_MODULE = re.compile(r"^(layer\d+|proj|blocks)_(\d+)$")
+# Image side used to trace parameter shapes; no parameter shape depends on it.
+_TRACE_IMAGE_SIZE = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """One Flax leaf and the torch tensor it comes from."""
+
+    collection: str
+    path: tuple[str, ...]
+    shape: tuple[int, ...]
+    torch_key: str
+    torch_shape: tuple[int, ...]
+
+
+def _torch_module_name(name: str) -> str:
+    if name in _MODULE_NAMES:
+        return _MODULE_NAMES[name]
+    return _INDEXED_MODULE.sub(r"\1.\2", name)
+
+
+def _torch_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if leaf == "kernel" and len(shape) == 4:  # HWIO <- OIHW
+        kh, kw, cin, cout = shape
+        return (cout, cin, kh, kw)
+    if leaf == "kernel" and len(shape) == 2:  # [in, out] <- [out, in]
+        return shape[::-1]
+    if leaf == "pos_embed_x":  # [L, w, d] <- [1, L, 1, w, d]
+        return (1, shape[0], 1, shape[1], shape[2])
+    if leaf == "pos_embed_y":  # [L, h, d] <- [1, L, h, 1, d]
+        return (1, shape[0], shape[1], 1, shape[2])
+    return shape
+
+
+def _to_flax(leaf: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    value = np.asarray(value, np.float32)
+    if leaf == "kernel" and value.ndim == 4:
+        return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
+    if leaf == "kernel" and value.ndim == 2:
+        return np.ascontiguousarray(value.T)
+    return value.reshape(shape)
+
+
+def _entries(
+    shapes: Mapping[str, Any], prefix: str = "", roots: Mapping[str, str] | None = None
+) -> list[_Entry]:
+    """Every leaf of a variables shape tree with its torch key.
+
+    Args:
+        shapes: {collection: tree of arrays or ShapeDtypeStructs}.
+        prefix: prepended to every torch key.
+        roots: top-level Flax modules whose name is replaced by a torch prefix
+            (``{"backbone": "feature_extraction.backbone."}``).
+    """
+    roots = roots or {}
+    entries = []
+    for collection, tree in shapes.items():
+        for path, leaf in traverse_util.flatten_dict(tree).items():
+            if path[0] in roots:
+                head, modules = roots[path[0]], path[1:-1]
+            else:
+                head, modules = prefix, path[:-1]
+            names = [_torch_module_name(m) for m in modules]
+            torch_key = head + ".".join([*names, _LEAF_NAMES.get(path[-1], path[-1])])
+            shape = tuple(leaf.shape)
+            entries.append(
+                _Entry(collection, path, shape, torch_key, _torch_shape(path[-1], shape))
+            )
+    return entries
+
+
+def _batchnorm_buffer_keys(entries: list[_Entry]) -> set[str]:
+    """``num_batches_tracked`` of every BatchNorm among ``entries`` (PyTorch keeps a counter)."""
+    return {
+        e.torch_key.removesuffix("running_mean") + "num_batches_tracked"
+        for e in entries
+        if e.torch_key.endswith(".running_mean")
+    }
+
+
+def _full_backbone_entries(model: CATs, prefix: str) -> list[_Entry]:
+    """Entries of the whole ResNet, every stage built, as the official model holds it."""
+    full = cats_backbone(model).clone(tap_ids=(sum(model.stage_blocks),))
+    images = jax.ShapeDtypeStruct((1, _TRACE_IMAGE_SIZE, _TRACE_IMAGE_SIZE, 3), jnp.float32)
+    shapes = jax.eval_shape(
+        lambda x: full.init(jax.random.key(0), x, use_running_average=True), images
+    )
+    return _entries(shapes, prefix)
+
+
+def _unused_backbone_keys(model: CATs, used: set[str], prefix: str) -> set[str]:
+    full = _full_backbone_entries(model, prefix)
+    unused = {e.torch_key for e in full} - used
+    return unused | _batchnorm_buffer_keys(full) | {prefix + k for k in _FC_KEYS}
+
+
+def _unused_single_level_keys(model: CATs, used: set[str]) -> set[str]:
+    """With one level the official block still holds its cross-level layers, unused."""
+    if len(model.hyperpixel_ids) > 1:
+        return set()
+    block = MultiscaleBlock(model.num_heads, model.mlp_ratio)
+    tokens = jax.ShapeDtypeStruct((1, 2, model.feature_size**2, model.embed_dim), jnp.float32)
+    shapes = jax.eval_shape(lambda x: block.init(jax.random.key(0), x), tokens)
+    keys = set()
+    for i in range(model.depth):
+        keys |= {e.torch_key for e in _entries(shapes, f"decoder.blocks.{i}.")}
+    return keys - used
+
+
+def _assemble(
+    entries: list[_Entry],
+    state_dict: Mapping[str, np.ndarray],
+    unused: set[str],
+    what: str,
+) -> dict[str, Any]:
+    """Validate ``state_dict`` against ``entries`` and build the variables, or raise once."""
+    expected = {e.torch_key for e in entries}
+    missing = sorted(expected - set(state_dict))
+    unexpected = sorted(set(state_dict) - expected - unused)
+    wrong_shape = [
+        f"{e.torch_key}: {tuple(np.shape(state_dict[e.torch_key]))}, expected {e.torch_shape}"
+        for e in entries
+        if e.torch_key in state_dict and tuple(np.shape(state_dict[e.torch_key])) != e.torch_shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): " + ", ".join(missing))
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected))
+    if wrong_shape:
+        problems.append(f"wrong shapes ({len(wrong_shape)}): " + "; ".join(wrong_shape))
+    if problems:
+        raise ValueError(f"checkpoint does not fit {what}:\n  " + "\n  ".join(problems))
+    flat = {
+        (e.collection, *e.path): jnp.asarray(_to_flax(e.path[-1], state_dict[e.torch_key], e.shape))
+        for e in entries
+    }
+    return traverse_util.unflatten_dict(flat)
+
+
+def _count_indexed(keys: list[str], pattern: str) -> int:
+    found = {int(m.group(1)) for k in keys if (m := re.match(pattern, k))}
+    return max(found) + 1 if found else 0
+
+
+def infer_cats_fields(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """CATs fields that an official state dict determines.
+
+    Depth, backbone (stages and width), feature size, projection width and MLP ratio are read
+    from the keys and shapes. The hyperpixel ids (beyond their count), the number of heads and
+    beta are not stored in a state dict; they keep the official defaults unless overridden.
+
+    Args:
+        state_dict: torch key -> array.
+
+    Returns:
+        A dict of CATs constructor arguments (only those it could infer).
+    """
+    keys = list(state_dict)
+    fields: dict[str, Any] = {}
+    depth = _count_indexed(keys, r"^decoder\.blocks\.(\d+)\.")
+    if depth:
+        fields["depth"] = depth
+    stage_pattern = re.escape(BACKBONE_PREFIX) + r"layer{}\.(\d+)\.conv1\.weight$"
+    stages = []
+    while blocks := _count_indexed(keys, stage_pattern.format(len(stages) + 1)):
+        stages.append(blocks)
+    stem = state_dict.get(BACKBONE_PREFIX + "conv1.weight")
+    if stages and stem is not None:
+        fields.update(_backbone_fields(tuple(stages), int(np.shape(stem)[0])))
+    if "x_normal" in state_dict:
+        fields["feature_size"] = int(np.shape(state_dict["x_normal"])[0])
+    if "proj.0.weight" in state_dict:
+        fields["feature_proj_dim"] = int(np.shape(state_dict["proj.0.weight"])[0])
+    fc1 = state_dict.get("decoder.blocks.0.mlp.fc1.weight")
+    if fc1 is not None:
+        hidden, embed = np.shape(fc1)
+        fields["mlp_ratio"] = hidden / embed
+    return fields
+
+
+def _backbone_fields(stages: tuple[int, ...], width: int) -> dict[str, Any]:
+    for name, blocks in RESNET_STAGE_BLOCKS.items():
+        if stages == blocks and width == 64:
+            return {"backbone": name}
+    return {"backbone": "custom", "backbone_blocks": stages, "backbone_width": width}
+
+
+def _trace_variables(model: CATs) -> dict[str, Any]:
+    images = jax.ShapeDtypeStruct((1, _TRACE_IMAGE_SIZE, _TRACE_IMAGE_SIZE, 3), jnp.float32)
+    return jax.eval_shape(
+        lambda s, t: model.init(jax.random.key(0), source=s, target=t), images, images
+    )
+
+
+def cats_from_torch(
+    state_dict: Mapping[str, np.ndarray], **model_overrides: Any
+) -> tuple[CATs, dict[str, Any]]:
+    """Official CATs state dict -> ``(model, variables)``.
+
+    Args:
+        state_dict: torch key -> array, as ``load_state_dict_file`` returns it (the official
+            ``model.state_dict()``, BatchNorm buffers included).
+        **model_overrides: CATs fields that override what is inferred (see
+            ``infer_cats_fields``), e.g. ``hyperpixel_ids=...``, ``num_heads=...``, ``dtype=...``.
+
+    Returns:
+        The CATs module and ``{"params": ..., "batch_stats": ...}`` (float32), ready for
+        ``model.apply(variables, source=..., target=...)``.
+
+    Raises:
+        ValueError: an unknown override, an invalid config, or keys that are missing,
+            unexpected or mis-shaped (all listed in one message).
+    """
+    field_names = {f.name for f in dataclasses.fields(CATs)} - {"parent", "name"}
+    unknown = sorted(set(model_overrides) - field_names)
+    if unknown:
+        raise ValueError(f"unknown CATs fields {unknown}; known: {sorted(field_names)}")
+    fields = {**infer_cats_fields(state_dict), **model_overrides}
+    levels = _count_indexed(list(state_dict), r"^proj\.(\d+)\.weight$")
+    default_ids = CATs.hyperpixel_ids
+    if "hyperpixel_ids" not in fields and levels and levels != len(default_ids):
+        raise ValueError(
+            f"the checkpoint has {levels} hyperpixel levels, the default ids {default_ids} "
+            f"have {len(default_ids)}: pass hyperpixel_ids=(...) with {levels} ids"
+        )
+    model = CATs(**fields)
+    entries = _entries(_trace_variables(model), roots={"backbone": BACKBONE_PREFIX})
+    used = {e.torch_key for e in entries}
+    unused = (
+        _unused_backbone_keys(model, used, BACKBONE_PREFIX)
+        | _unused_single_level_keys(model, used)
+        | set(_UNUSED_HEAD_KEYS)
+    )
+    variables = _assemble(entries, state_dict, unused, f"the CATs model {fields}")
+    return model, variables
+
+
+def backbone_from_torchvision(
+    state_dict: Mapping[str, np.ndarray], model_cfg: Mapping[str, Any]
+) -> dict[str, Any]:
+    """torchvision ResNet weights -> the backbone variables of the model ``model_cfg`` builds.
+
+    Args:
+        state_dict: torchvision keys (``conv1.weight``, ``layer1.0.bn1.running_mean``, ...),
+            e.g. ``resnet101-5d3b4d8f.pth`` read with ``load_state_dict_file``.
+        model_cfg: ``config.model``.
+
+    Returns:
+        ``{"params": ..., "batch_stats": ...}`` for the backbone alone: put them under
+        ``variables["params"]["backbone"]`` and ``variables["batch_stats"]["backbone"]``.
+
+    Raises:
+        ValueError: keys that are missing, unexpected or mis-shaped (all listed).
+    """
+    model = build_model(model_cfg)
+    backbone = cats_backbone(model)
+    images = jax.ShapeDtypeStruct((1, _TRACE_IMAGE_SIZE, _TRACE_IMAGE_SIZE, 3), jnp.float32)
+    shapes = jax.eval_shape(
+        lambda x: backbone.init(jax.random.key(0), x, use_running_average=True), images
+    )
+    entries = _entries(shapes)
+    unused = _unused_backbone_keys(model, {e.torch_key for e in entries}, "")
+    return _assemble(entries, state_dict, unused, f"the {model.backbone} backbone")
+
+
+def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Read a checkpoint file into ``{torch key: numpy array}``.
+
+    ``.npz`` and ``.safetensors`` need no torch; ``.pth``/``.pt`` need torch installed. A
+    checkpoint dict that wraps the weights under ``"state_dict"`` is unwrapped, and the
+    ``module.`` prefix of ``nn.DataParallel`` is removed.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The state dict, keys in file order.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: an unsupported extension or content.
+        ImportError: a ``.pth`` file without torch installed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            raw: Mapping[str, Any] = {k: archive[k] for k in archive.files}
+    elif suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        raw = load_file(str(path))
+    elif suffix in (".pth", ".pt"):
+        raw = _load_torch_file(path)
+    else:
+        raise ValueError(
+            f"{path}: unsupported checkpoint extension {suffix!r}; use .npz, .safetensors, "
+            ".pth or .pt"
+        )
+    return _unwrap_state_dict(raw, path)
+
+
+def _load_torch_file(path: Path) -> Mapping[str, Any]:
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError(
+            f"reading {path} needs torch (pip install torch); or save the state dict as .npz "
+            "or .safetensors where torch is installed"
+        ) from err
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
+        checkpoint = checkpoint["state_dict"]
+    # A state dict holds only tensors; bfloat16 has no numpy dtype, hence .float().
+    return {
+        k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
+        for k, v in checkpoint.items()
+        if isinstance(v, torch.Tensor)
+    }
+
+
+def _unwrap_state_dict(raw: Mapping[str, Any], path: Path) -> dict[str, np.ndarray]:
+    if isinstance(raw.get("state_dict"), Mapping):
+        raw = raw["state_dict"]
+    state_dict = {k.removeprefix("module."): np.asarray(v) for k, v in raw.items()}
+    if not state_dict:
+        raise ValueError(f"{path}: no tensors found")
+    if len(state_dict) != len(raw):
+        raise ValueError(f"{path}: keys collide once the 'module.' prefix is removed")
+    return state_dict
+
+
+__all__ = [
+    "backbone_from_torchvision",
+    "cats_from_torch",
+    "infer_cats_fields",
+    "load_state_dict_file",
+]

@@ -1,0 +1,469 @@
+"""CATs (cost aggregation with transformers, Cho et al. NeurIPS 2021) as the official code runs it.
+
+Pipeline (shapes for the official setting: L = 8 levels, a 16 x 16 grid, S = T = 256 tokens):
+ResNet hyperpixel taps, each resized to the grid -> per-level cosine correlation [B, L, S, T] ->
+mutual-NN filter -> transformer aggregator (with per-level appearance projections of the raw
+features) -> refined correlation [B, S, T] -> beta-softmax over the source tokens, soft-argmax ->
+flow [B, h, w, 2] on the target grid, pointing into the source, in feature cells.
+
+Module names mirror the official state dict (``proj_3``, ``decoder/blocks_0/attn/qkv``) so that
+``matchme_jax.convert`` is a table.
+"""
+
+from __future__ import annotations
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from matchme_jax.models import correlation
+from matchme_jax.models.resnet import RESNET_STAGE_BLOCKS, ResNet, tap_channels
+
+BACKBONES = ("resnet101", "resnet50", "custom")
+BN_MODES = ("official", "frozen")
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+LAYER_NORM_EPS = 1e-6
+
+# timm's trunc_normal_(std=.02) cuts at +-2 absolute, i.e. +-100 std: in effect a plain normal.
+_head_init = nn.initializers.normal(stddev=0.02)
+
+
+def dot_product_attention(
+    query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, scale: float
+) -> jnp.ndarray:
+    """softmax(q k^T * scale) v, in the layout of ``jax.nn.dot_product_attention``.
+
+    We do not call ``jax.nn.dot_product_attention`` because it always runs the softmax in
+    float32, which would cap a float64 parity run at float32 accuracy.
+
+    Args:
+        query: [B, N, H, D].
+        key: [B, M, H, D].
+        value: [B, M, H, D].
+        scale: logit scale (1 / sqrt(D) in ViT attention).
+
+    Returns:
+        [B, N, H, D].
+    """
+    logits_dtype = jnp.promote_types(query.dtype, jnp.float32)
+    logits = jnp.einsum("bnhd,bmhd->bhnm", query, key).astype(logits_dtype) * scale
+    probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+    return jnp.einsum("bhnm,bmhd->bnhd", probs, value)
+
+
+def resize_bilinear_align_corners(x: jnp.ndarray, size: int) -> jnp.ndarray:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=True)`` for NHWC.
+
+    Args:
+        x: [B, h, w, C].
+        size: output height and width.
+
+    Returns:
+        [B, size, size, C]; ``x`` itself when it already has that size.
+    """
+    _, h, w, _ = x.shape
+    if (h, w) == (size, size):
+        return x
+    rows = jnp.asarray(_align_corners_matrix(h, size), x.dtype)
+    cols = jnp.asarray(_align_corners_matrix(w, size), x.dtype)
+    return jnp.einsum("oh,bhwc,pw->bopc", rows, x, cols)
+
+
+def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] linear-interpolation weights with the corner pixels aligned."""
+    matrix = np.zeros((n_out, n_in), np.float64)
+    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    for out in range(n_out):
+        src = scale * out
+        low = min(int(np.floor(src)), n_in - 1)
+        high = min(low + 1, n_in - 1)
+        frac = src - low
+        matrix[out, low] += 1.0 - frac
+        matrix[out, high] += frac
+    return matrix
+
+
+class Mlp(nn.Module):
+    """Linear -> exact GELU -> Linear (timm Mlp)."""
+
+    hidden: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """[..., E] -> [..., E]."""
+        dense = dict(kernel_init=_head_init, dtype=self.dtype)
+        y = nn.Dense(self.hidden, name="fc1", **dense)(x)
+        y = nn.gelu(y, approximate=False)
+        return nn.Dense(x.shape[-1], name="fc2", **dense)(y)
+
+
+class Attention(nn.Module):
+    """timm ViT multi-head self-attention: fused qkv Linear with bias, output Linear."""
+
+    num_heads: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """[B, N, E] -> [B, N, E]."""
+        b, n, e = x.shape
+        head_dim = e // self.num_heads
+        dense = dict(kernel_init=_head_init, dtype=self.dtype)
+        qkv = nn.Dense(3 * e, name="qkv", **dense)(x)
+        q, k, v = einops.rearrange(
+            qkv, "b n (three h d) -> three b n h d", three=3, h=self.num_heads
+        )
+        out = dot_product_attention(q, k, v, scale=head_dim**-0.5)
+        return nn.Dense(e, name="proj", **dense)(out.reshape(b, n, e))
+
+
+class MultiscaleBlock(nn.Module):
+    """Pre-LN block: attention within each level, then across the levels at each token.
+
+    With one level it is a plain ViT block (attn + mlp), as in the official code.
+    """
+
+    num_heads: int
+    mlp_ratio: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """x: [B, L, N, E] -> [B, L, N, E]."""
+        b, levels, n, e = x.shape
+        hidden = int(e * self.mlp_ratio)
+
+        def norm(name: str) -> nn.LayerNorm:
+            # Two-pass variance, as torch computes it; the fast E[x^2] - E[x]^2 loses digits.
+            return nn.LayerNorm(
+                LAYER_NORM_EPS, use_fast_variance=False, dtype=self.dtype, name=name
+            )
+
+        def attention(name: str) -> Attention:
+            return Attention(self.num_heads, dtype=self.dtype, name=name)
+
+        x = x.reshape(b * levels, n, e)
+        x = x + attention("attn")(norm("norm1")(x))
+        if levels == 1:
+            x = x + Mlp(hidden, self.dtype, name="mlp")(norm("norm2")(x))
+            return x.reshape(b, levels, n, e)
+        x = x + Mlp(hidden, self.dtype, name="mlp2")(norm("norm4")(x))
+        x = einops.rearrange(x, "(b l) n e -> (b n) l e", b=b)
+        x = x + attention("attn_multiscale")(norm("norm3")(x))
+        x = einops.rearrange(x, "(b n) l e -> (b l) n e", b=b)
+        x = x + Mlp(hidden, self.dtype, name="mlp")(norm("norm2")(x))
+        return x.reshape(b, levels, n, e)
+
+
+class TransformerAggregator(nn.Module):
+    """Refines the multi-level correlation with two swapped self-attention passes.
+
+    Both passes use the same blocks and output projection, and both add back the ORIGINAL
+    (filtered) correlation.
+    """
+
+    num_levels: int
+    feature_size: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, corr: jnp.ndarray, source: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+        """Aggregate.
+
+        Args:
+            corr: [B, L, S, T] mutual-NN filtered correlation.
+            source: [B, L, S, P] appearance projections of the source features.
+            target: [B, L, T, P] appearance projections of the target features.
+
+        Returns:
+            refined_corr: [B, S, T], the mean over the levels.
+        """
+        pos = self._positional_embedding().astype(self.dtype)
+        blocks = [
+            MultiscaleBlock(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")
+            for i in range(self.depth)
+        ]
+        proj = nn.Dense(self.feature_size**2, kernel_init=_head_init, dtype=self.dtype, name="proj")
+
+        def aggregate(tokens: jnp.ndarray) -> jnp.ndarray:
+            for block in blocks:
+                tokens = block(tokens)
+            return proj(tokens)
+
+        # Pass 1: tokens are target positions, each carrying its column of correlations.
+        x = jnp.concatenate([jnp.swapaxes(corr, -1, -2), target], axis=-1) + pos
+        x = jnp.swapaxes(aggregate(x), -1, -2) + corr
+        # Pass 2: tokens are source positions.
+        x = jnp.concatenate([x, source], axis=-1) + pos
+        x = aggregate(x) + corr
+        return jnp.mean(x, axis=1)
+
+    def _positional_embedding(self) -> jnp.ndarray:
+        """[L, h * w, E]: dims [0, E/2) embed the token's x, dims [E/2, E) its y, per level."""
+        n, half = self.feature_size, self.embed_dim // 2
+        pos_x = self.param("pos_embed_x", _head_init, (self.num_levels, n, half), jnp.float32)
+        pos_y = self.param("pos_embed_y", _head_init, (self.num_levels, n, half), jnp.float32)
+        grid_x = jnp.broadcast_to(pos_x[:, None, :, :], (self.num_levels, n, n, half))
+        grid_y = jnp.broadcast_to(pos_y[:, :, None, :], (self.num_levels, n, n, half))
+        return jnp.concatenate([grid_x, grid_y], axis=-1).reshape(self.num_levels, n * n, -1)
+
+
+def _torch_linear_bias_init(fan_in: int) -> nn.initializers.Initializer:
+    bound = 1.0 / np.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+        key, shape, dtype, -bound, bound
+    )
+
+
+def _linspace_init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jnp.ndarray:
+    del key
+    return jnp.linspace(-1.0, 1.0, shape[0], dtype=dtype)
+
+
+class CATs(nn.Module):
+    """The CATs correspondence network. Defaults are those of the official ``train.py``.
+
+    Attributes:
+        backbone: "resnet101", "resnet50" or "custom" (then ``backbone_blocks`` and
+            ``backbone_width`` define it).
+        backbone_blocks: bottlenecks per stage for a custom backbone.
+        backbone_width: stem channels of a custom backbone (stage i width: ``width * 2**i``).
+        hyperpixel_ids: strictly increasing tap ids (0: stem; k: k-th bottleneck, pre-ReLU).
+        feature_size: side of the correlation grid; every tap is resized to it.
+        feature_proj_dim: width of the appearance projection.
+        depth: number of aggregator blocks.
+        num_heads: attention heads; must divide ``feature_size**2 + feature_proj_dim``.
+        mlp_ratio: MLP hidden width over the token width.
+        beta: soft-argmax temperature.
+        freeze_backbone: stop gradients at the backbone features.
+        bn_mode: "official" (batch statistics while training, running stats updated with
+            PyTorch semantics) or "frozen" (always the running statistics).
+        dtype: compute dtype; parameters stay float32. Correlation and soft-argmax run in at
+            least float32.
+    """
+
+    backbone: str = "resnet101"
+    backbone_blocks: tuple[int, ...] = (3, 4, 23, 3)
+    backbone_width: int = 64
+    hyperpixel_ids: tuple[int, ...] = (0, 8, 20, 21, 26, 28, 29, 30)
+    feature_size: int = 16
+    feature_proj_dim: int = 128
+    depth: int = 1
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    beta: float = 0.02
+    freeze_backbone: bool = False
+    bn_mode: str = "official"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        validate_cats_fields(self)
+        super().__post_init__()
+
+    @property
+    def stage_blocks(self) -> tuple[int, ...]:
+        """Bottlenecks per stage of the whole backbone (not only the built part)."""
+        if self.backbone == "custom":
+            return tuple(self.backbone_blocks)
+        return RESNET_STAGE_BLOCKS[self.backbone]
+
+    @property
+    def stem_width(self) -> int:
+        """Stem channels (64 for the torchvision ResNets)."""
+        return self.backbone_width if self.backbone == "custom" else 64
+
+    @property
+    def embed_dim(self) -> int:
+        """Aggregator token width: one correlation row plus the appearance projection."""
+        return self.feature_size**2 + self.feature_proj_dim
+
+    def setup(self) -> None:
+        compute = jnp.dtype(self.dtype)
+        channels = tap_channels(self.stage_blocks, self.stem_width)
+        self.backbone_net = cats_backbone(self, name="backbone")
+        self.proj = [
+            nn.Dense(
+                self.feature_proj_dim,
+                kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                bias_init=_torch_linear_bias_init(channels[i]),
+                dtype=compute,
+            )
+            for i in self.hyperpixel_ids
+        ]
+        self.decoder = TransformerAggregator(
+            num_levels=len(self.hyperpixel_ids),
+            feature_size=self.feature_size,
+            embed_dim=self.embed_dim,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            dtype=compute,
+        )
+        grid = (self.feature_size,)
+        self.x_normal = self.param("x_normal", _linspace_init, grid, jnp.float32)
+        self.y_normal = self.param("y_normal", _linspace_init, grid, jnp.float32)
+
+    def __call__(
+        self, source: jnp.ndarray, target: jnp.ndarray, train: bool = False
+    ) -> jnp.ndarray:
+        """Dense flow from the target to the source image.
+
+        Args:
+            source: [B, H, W, 3] ImageNet-normalised.
+            target: [B, H, W, 3] ImageNet-normalised.
+            train: BatchNorm uses batch statistics (bn_mode "official") and updates its running
+                statistics; pass ``mutable=["batch_stats"]``.
+
+        Returns:
+            flow: [B, h, w, 2] (x, y) on the target grid pointing into the source, in cells.
+        """
+        refined = self._refined_correlation(source, target, train)
+        return self._flow(refined)
+
+    def correspondence(
+        self, source: jnp.ndarray, target: jnp.ndarray, train: bool = False
+    ) -> dict[str, jnp.ndarray]:
+        """Flow plus the soft-argmax confidence, for the machine annotator.
+
+        Args:
+            source: [B, H, W, 3] ImageNet-normalised.
+            target: [B, H, W, 3] ImageNet-normalised.
+            train: as in ``__call__``.
+
+        Returns:
+            "flow": [B, h, w, 2]; "confidence": [B, h, w], the peak probability of the beta
+            softmax over the source cells for each target cell; "refined_corr": [B, S, T].
+        """
+        refined = self._refined_correlation(source, target, train)
+        b, n = refined.shape[0], self.feature_size
+        confidence = correlation.peak_probability(refined, self.beta).reshape(b, n, n)
+        return {"flow": self._flow(refined), "confidence": confidence, "refined_corr": refined}
+
+    def _refined_correlation(
+        self, source: jnp.ndarray, target: jnp.ndarray, train: bool
+    ) -> jnp.ndarray:
+        _check_images(source, "source")
+        _check_images(target, "target")
+        # Two backbone calls, source first: with batch statistics each image set is normalised
+        # on its own, and the target call's running-stat update follows the source's.
+        source_feats = self._hyperpixels(source, train)
+        target_feats = self._hyperpixels(target, train)
+        self.sow("intermediates", "source_feats", tuple(source_feats))
+
+        corr_dtype = jnp.promote_types(jnp.dtype(self.dtype), jnp.float32)
+        corrs, source_proj, target_proj = [], [], []
+        for proj, src, trg in zip(self.proj, source_feats, target_feats, strict=True):
+            src = einops.rearrange(src, "b h w c -> b (h w) c")
+            trg = einops.rearrange(trg, "b h w c -> b (h w) c")
+            corrs.append(
+                correlation.cosine_correlation(src.astype(corr_dtype), trg.astype(corr_dtype))
+            )
+            # The appearance projection sees the raw, un-normalised pre-ReLU features.
+            source_proj.append(proj(src))
+            target_proj.append(proj(trg))
+        corr = jnp.stack(corrs, axis=1)
+        self.sow("intermediates", "corr_raw", corr)
+        corr = correlation.mutual_nn_filter(corr)
+        self.sow("intermediates", "corr_mnn", corr)
+
+        refined = self.decoder(
+            corr, jnp.stack(source_proj, axis=1), jnp.stack(target_proj, axis=1)
+        ).astype(corr_dtype)
+        self.sow("intermediates", "refined_corr", refined)
+        return refined
+
+    def _hyperpixels(self, images: jnp.ndarray, train: bool) -> list[jnp.ndarray]:
+        """Backbone taps resized to the grid: L arrays [B, n, n, C_l]."""
+        use_running_average = not train or self.bn_mode == "frozen"
+        taps = self.backbone_net(images, use_running_average=use_running_average)
+        taps = [resize_bilinear_align_corners(t, self.feature_size) for t in taps]
+        if self.freeze_backbone:
+            taps = [jax.lax.stop_gradient(t) for t in taps]
+        return taps
+
+    def _flow(self, refined: jnp.ndarray) -> jnp.ndarray:
+        n = self.feature_size
+        grid_x, grid_y = correlation.soft_argmax(
+            refined,
+            self.x_normal.astype(refined.dtype),
+            self.y_normal.astype(refined.dtype),
+            self.beta,
+            target_hw=(n, n),
+        )
+        return correlation.grid_to_flow(grid_x, grid_y)
+
+
+def cats_backbone(model: CATs, name: str | None = None) -> ResNet:
+    """The backbone module of a CATs configuration (unbound when called outside a module)."""
+    return ResNet(
+        stage_blocks=model.stage_blocks,
+        tap_ids=tuple(model.hyperpixel_ids),
+        width=model.stem_width,
+        dtype=jnp.dtype(model.dtype),
+        name=name,
+    )
+
+
+def _check_images(images: jnp.ndarray, role: str) -> None:
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"{role} images must be [B, H, W, 3] (NHWC, ImageNet-normalised); got {images.shape}"
+        )
+
+
+def validate_cats_fields(model: CATs) -> None:
+    """Raise one ValueError that lists every inconsistent CATs field."""
+    problems = []
+    if model.backbone not in BACKBONES:
+        problems.append(f"backbone={model.backbone!r}: use one of {BACKBONES}")
+    elif model.backbone == "custom":
+        blocks = tuple(model.backbone_blocks)
+        if not blocks or any(int(n) < 1 for n in blocks):
+            problems.append(f"backbone_blocks={blocks}: need >= 1 block in every stage")
+        if model.backbone_width < 1:
+            problems.append(f"backbone_width={model.backbone_width}: must be >= 1")
+    if not problems:
+        problems += _hyperpixel_problems(tuple(model.hyperpixel_ids), sum(model.stage_blocks))
+    if model.feature_size < 2:
+        problems.append(f"feature_size={model.feature_size}: must be >= 2")
+    if model.feature_proj_dim < 1:
+        problems.append(f"feature_proj_dim={model.feature_proj_dim}: must be >= 1")
+    embed = model.feature_size**2 + model.feature_proj_dim
+    if embed % 2:
+        problems.append(
+            f"feature_size**2 + feature_proj_dim = {embed} must be even (the positional "
+            "embedding gives half the width to x and half to y)"
+        )
+    if model.num_heads < 1 or embed % model.num_heads:
+        problems.append(
+            f"num_heads={model.num_heads} must divide feature_size**2 + feature_proj_dim = {embed}"
+        )
+    if model.depth < 1:
+        problems.append(f"depth={model.depth}: must be >= 1")
+    if model.mlp_ratio <= 0:
+        problems.append(f"mlp_ratio={model.mlp_ratio}: must be > 0")
+    if model.beta <= 0:
+        problems.append(f"beta={model.beta}: must be > 0")
+    if model.bn_mode not in BN_MODES:
+        problems.append(f"bn_mode={model.bn_mode!r}: use one of {BN_MODES}")
+    if model.dtype not in DTYPES:
+        problems.append(f"dtype={model.dtype!r}: use one of {DTYPES}")
+    if problems:
+        raise ValueError("invalid CATs config: " + "; ".join(problems))
+
+
+def _hyperpixel_problems(ids: tuple[int, ...], num_blocks: int) -> list[str]:
+    if not ids:
+        return ["hyperpixel_ids is empty: give at least one tap id"]
+    if any(not 0 <= i <= num_blocks for i in ids):
+        return [f"hyperpixel_ids={ids}: ids must lie in [0, {num_blocks}] for this backbone"]
+    if any(a >= b for a, b in zip(ids[:-1], ids[1:], strict=True)):
+        return [f"hyperpixel_ids={ids}: ids must be strictly increasing"]
+    return []

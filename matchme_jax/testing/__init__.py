@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: regenerating the seeded weights of the parity fixtures."""
