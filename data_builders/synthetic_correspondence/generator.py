@@ -157,9 +157,9 @@ def _blob_affine(
     return np.column_stack([axis_u * half_x, axis_v * half_y, np.asarray(centre, np.float64)])
 
 
-def _tip(affine: np.ndarray, s: float = 0.0, v: float = 1.0, taper: float = 0.0) -> np.ndarray:
-    """Returns the parent-frame point of a part's normalised coordinates (for attaching parts)."""
-    return affine @ np.array([s * (1.0 + taper * v), v, 1.0])
+def _tip(affine: np.ndarray, s: float = 0.0, v: float = 1.0) -> np.ndarray:
+    """Returns the parent-frame point at `(s, v)` of an untapered part (to attach other parts)."""
+    return affine @ np.array([s, v, 1.0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,6 +206,7 @@ class Category:
 
 
 def _eye(s: float, v: float, radius_s: float, radius_v: float) -> tuple:
+    """An eye mark at `(s, v)` for `PartShape.details`."""
     return ((s, v), (radius_s, radius_v), 2.0, "eye")
 
 
@@ -343,7 +344,6 @@ def _build_car(rng: np.random.Generator) -> list[PartShape]:
     wheel_r = rng.uniform(0.25, 0.36)
     front_wheel = _blob_affine((0.62 * body_x, 0.85 * body_y), wheel_r, wheel_r)
     rear_wheel = _blob_affine((-0.62 * body_x, 0.85 * body_y), wheel_r, wheel_r)
-    window = (0.0, -0.05)
     hub = ((0.0, 0.0), (0.45, 0.45), 2.0, "light")
     return [
         PartShape(
@@ -367,7 +367,7 @@ def _build_car(rng: np.random.Generator) -> list[PartShape]:
             details=(
                 ((0.93, -0.35), (0.07, 0.25), 2.0, "headlight"),
                 ((-0.95, -0.35), (0.05, 0.25), 4.0, "taillight"),
-                ((window[0], 0.55), (1.0, 0.08), 8.0, "dark"),
+                ((0.0, 0.55), (1.0, 0.08), 8.0, "dark"),
             ),
         ),
         PartShape("front_wheel", front_wheel, 2.0, 0.0, "tyre", details=(hub,)),
