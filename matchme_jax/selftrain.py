@@ -80,6 +80,9 @@ class Run:
     def train(self, generation: int, variables, training_sources, weights, role: str):
         """Trains one generation from `variables`; resumes from its latest checkpoint."""
         gen_dir = self.workdir / f"gen_{generation}"
+        # A copy: the train step donates its state, and `variables` (the shared initialisation,
+        # or the teacher) must outlive this generation.
+        variables = jax.tree.map(jnp.copy, variables)
         state = parallel.replicate(create_train_state(variables, self.optimizer))
         ckpt = checkpoint.GenerationCheckpoints(gen_dir)
         batches = pipeline.training_iterator(
