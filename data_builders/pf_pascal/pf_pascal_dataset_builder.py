@@ -57,9 +57,9 @@ SPLITS = {"train": "trn", "validation": "val", "test": "test"}
 
 _DESCRIPTION = """\
 PF-PASCAL: 1,351 image pairs of 20 PASCAL VOC classes with keypoints annotated per image; a pair
-keeps the keypoints annotated in both of its images, in annotation order. Splits of the
-DHPF/CATs CSVs: 2,940 train rows (the 735 training pairs listed with and without a horizontal
-`flip`), 308 validation and 299 test pairs.
+keeps the keypoints annotated in both of its images, in annotation order. Splits are the
+DHPF/CATs CSVs (about 700 / 300 / 300 pairs, Han et al.'s split); the training CSV also lists
+pairs with a horizontal `flip` flag, which is stored, not applied.
 """
 
 _CITATION = """\
@@ -82,7 +82,7 @@ class PfPascal(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release: DHPF/CATs splits with the training flips."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Download the PF-PASCAL tarball that DHPF and CATs use, {URL}
-(Google Drive; about 60 MB), and put it in the manual dir as `<manual_dir>/PF-PASCAL.tar.gz`.
+(Google Drive), and put it in the manual dir as `<manual_dir>/PF-PASCAL.tar.gz`.
 Its extracted top folder works too: `<manual_dir>/PF-PASCAL/` holding `JPEGImages/`,
 `Annotations/` and `{{trn,val,test}}_pairs.csv`.
 Where the network is reachable and the manual dir is absent or empty, the tarball is downloaded.
@@ -108,7 +108,7 @@ Where the network is reachable and the manual dir is absent or empty, the tarbal
         has_flip = split_name == "trn"  # Only the training CSV has the flip column.
         rows = common.read_csv_rows(csv_path, min_columns=4 if has_flip else 3)
         for index, row in enumerate(rows):
-            pair_id = f"{split_name}-{index:05d}"  # Rows repeat (flip 0/1): the row is the id.
+            pair_id = f"{split_name}-{index:05d}"  # A pair may repeat with another flip.
             where = f"{csv_path} row {index + 2}"
             category = _category(row[2], where)
             flip = _flip(row[3], where) if has_flip else False

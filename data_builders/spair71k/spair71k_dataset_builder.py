@@ -75,7 +75,7 @@ class Spair71k(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release: Layout/large splits, all pair annotations."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
-Download {URL} (about 230 MB) and put the file, as downloaded, in the manual dir:
+Download {URL} and put the file, as downloaded, in the manual dir:
 `<manual_dir>/SPair-71k.tar.gz`. Its extracted top folder works too:
 `<manual_dir>/SPair-71k/` holding `Layout/`, `PairAnnotation/` and `JPEGImages/`.
 Where the network is reachable and the manual dir is absent or empty, the archive is downloaded.
