@@ -128,7 +128,7 @@ def dataset_root(
 
 
 def extract_archive(archive: epath.Path, extracted_root: epath.Path) -> epath.Path:
-    """Extracts a .tar(.gz)/.tgz/.zip archive once into `<extracted_root>/<archive name>`.
+    """Extracts a zip or (compressed) tar archive once into `<extracted_root>/<archive name>`.
 
     The contents are written to a temporary folder that is renamed when complete, so an
     interrupted extraction is redone rather than read half-written.
@@ -144,7 +144,7 @@ def extract_archive(archive: epath.Path, extracted_root: epath.Path) -> epath.Pa
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
     try:
-        if archive.name.endswith(".zip"):
+        if zipfile.is_zipfile(archive):  # By content: a downloaded file's name may not say.
             with zipfile.ZipFile(archive) as zipped:
                 zipped.extractall(partial)
         else:

@@ -121,6 +121,20 @@ def test_archive_in_manual_dir_builds(tmp_path):
     assert len(builder.as_data_source("test")) == 2
 
 
+def test_truncated_archive_is_named(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    with tarfile.open(manual / "SPair-71k.tar.gz", "w:gz") as archive:
+        archive.add(ROOT, arcname="SPair-71k")
+    _truncate(manual / "SPair-71k.tar.gz")
+    builder = spair.Spair71k(data_dir=str(tmp_path / "data"), file_format="array_record")
+    with pytest.raises(common.DatasetFileError, match=r"SPair-71k\.tar\.gz: cannot be extracted"):
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
+        )
+    assert not builder.is_prepared()
+
+
 def test_empty_manual_dir_names_what_to_put_there(tmp_path):
     (tmp_path / "manual").mkdir()
     (tmp_path / "manual" / "notes.txt").write_text("nothing here")
