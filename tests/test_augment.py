@@ -266,7 +266,9 @@ def test_photometric_reference_values():
     np.testing.assert_allclose(augment.shift_hue(red, 1.0 / 3.0), [[[0.0, 1.0, 0.0]]], atol=1e-6)
     np.testing.assert_allclose(augment.to_grayscale(red), [[[0.299] * 3]], atol=1e-6)
     levels = jnp.arange(256.0).reshape(16, 16, 1).repeat(3, axis=-1) / 255.0
-    np.testing.assert_allclose(augment.posterize(levels, 4.0) * 255.0 % 16.0, 0.0, atol=1e-3)
+    posterized = np.asarray(augment.posterize(levels, 4.0)) * 255.0
+    np.testing.assert_allclose(posterized, 16.0 * np.round(posterized / 16.0), atol=1e-3)
+    assert len(np.unique(np.round(posterized))) == 16
     np.testing.assert_allclose(augment.solarize(jnp.array([0.2, 0.7]), 0.5), [0.2, 0.3], atol=1e-6)
     # A low-contrast image equalises to the full range with (near) uniform level counts.
     narrow = 0.4 + 0.2 * _textured_image()

@@ -37,6 +37,9 @@ from flax import struct
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as OpenCV's and PIL's grayscale
+# Pixel coordinates need full float32 products: TPU/GPU default matmul precision (bf16/TF32) would
+# move a point at x = 200 by a tenth of a pixel.
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 # Thin-plate-spline control points: a regular grid of this many points per side over the canvas.
 _TPS_GRID = 4
@@ -211,7 +214,7 @@ def normalize_images(images01: jax.Array) -> jax.Array:
 
 def to_grayscale(image: jax.Array) -> jax.Array:
     """Luma replicated over the three channels."""
-    gray = image @ jnp.asarray(_LUMA, image.dtype)
+    gray = jnp.sum(image * jnp.asarray(_LUMA, image.dtype), axis=-1)
     return jnp.broadcast_to(gray[..., None], image.shape)
 
 
@@ -404,9 +407,14 @@ def apply_photometric(key: jax.Array, image: jax.Array, strength: AugmentStrengt
 # Geometry. Points are [..., 2] (x, y) continuous pixel coordinates; maps are 3x3 homogeneous.
 
 
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """`a @ b` in full float32 precision."""
+    return jnp.matmul(a, b, precision=_HIGHEST)
+
+
 def _apply_matrix(matrix: jax.Array, points: jax.Array) -> jax.Array:
     """[3, 3] affine matrix applied to points [..., 2]."""
-    return points @ matrix[:2, :2].T + matrix[:2, 2]
+    return _matmul(points, matrix[:2, :2].T) + matrix[:2, 2]
 
 
 def _invert_affine(matrix: jax.Array) -> jax.Array:
@@ -414,7 +422,7 @@ def _invert_affine(matrix: jax.Array) -> jax.Array:
     a, b, c, d = matrix[0, 0], matrix[0, 1], matrix[1, 0], matrix[1, 1]
     det = a * d - b * c
     linear = jnp.array([[d, -b], [-c, a]]) / det
-    shift = -linear @ matrix[:2, 2]
+    shift = -_matmul(linear, matrix[:2, 2])
     return jnp.eye(3).at[:2, :2].set(linear).at[:2, 2].set(shift)
 
 
@@ -479,9 +487,9 @@ def random_affine_map(
     cos, sin = jnp.cos(rotation), jnp.sin(rotation)
     rotate = jnp.array([[cos, -sin], [sin, cos]])
     skew = jnp.array([[1.0, jnp.tan(shear)], [0.0, 1.0]])
-    linear = jnp.where(apply, rotate @ skew * zoom, jnp.eye(2))
+    linear = jnp.where(apply, _matmul(rotate, skew) * zoom, jnp.eye(2))
     centre = size / 2.0
-    translation = jnp.where(apply, centre + shift - linear @ centre, 0.0)
+    translation = jnp.where(apply, centre + shift - _matmul(linear, centre), 0.0)
     forward = jnp.eye(3).at[:2, :2].set(linear).at[:2, 2].set(translation)
     return _invert_affine(forward)
 
@@ -535,7 +543,7 @@ def tps_coefficients(displacements: jax.Array) -> jax.Array:
     Returns:
         [n + 3, 2] coefficients; all zero (the identity map) for zero displacements.
     """
-    return jnp.asarray(_tps_solver()) @ displacements
+    return _matmul(jnp.asarray(_tps_solver()), displacements)
 
 
 def tps_map(points: jax.Array, coefficients: jax.Array, height: int, width: int) -> jax.Array:
@@ -551,7 +559,16 @@ def tps_map(points: jax.Array, coefficients: jax.Array, height: int, width: int)
         [..., 2] canvas pixels.
     """
     size = jnp.array([width, height], points.dtype)
-    return points + _tps_features(points / size) @ coefficients * size
+    return points + _matmul(_tps_features(points / size), coefficients) * size
+
+
+def _solve_2x2(matrices: jax.Array, vectors: jax.Array) -> jax.Array:
+    """Solves [..., 2, 2] x = [..., 2] by Cramer's rule (elementwise, so exact on every backend)."""
+    a, b = matrices[..., 0, 0], matrices[..., 0, 1]
+    c, d = matrices[..., 1, 0], matrices[..., 1, 1]
+    u, v = vectors[..., 0], vectors[..., 1]
+    det = a * d - b * c
+    return jnp.stack([d * u - b * v, a * v - c * u], axis=-1) / det[..., None]
 
 
 def invert_tps(
@@ -582,7 +599,7 @@ def invert_tps(
 
     def newton_step(_: int, q: jax.Array) -> jax.Array:
         error = spline(q) - points
-        return q - jnp.linalg.solve(jacobian(q), error[..., None])[..., 0]
+        return q - _solve_2x2(jacobian(q), error)
 
     start = 2.0 * points - spline(points)
     inverse = jax.lax.fori_loop(0, iterations, newton_step, start)
@@ -766,7 +783,7 @@ def augment_view(
     crop, cropped = random_crop_map(crop_key, bbox, strength.crop_p, height, width)
     affine = random_affine_map(affine_key, strength, height, width)
     coefficients = random_tps_coefficients(tps_key, strength)
-    image = warp_image(image, crop @ affine, coefficients)
+    image = warp_image(image, _matmul(crop, affine), coefficients)
     moved, converged = _move_points(keypoints, crop, cropped, affine, coefficients, height, width)
     valid = converged & _inside_canvas(moved, height, width)
     return image, moved, _move_box(bbox, crop, affine, coefficients, height, width), valid
