@@ -4,6 +4,8 @@ python run.py --config=configs/synthetic.py --workdir=/tmp/matchme
 python run.py --config=configs/synthetic.py:tiny --workdir=/tmp/tiny --config.train.steps=10
 """
 
+import logging as std_logging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -16,10 +18,18 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and r
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _OwnInfoOnly(std_logging.Filter):
+    """Keeps our INFO lines and everyone's warnings; Orbax and TFDS chat at INFO every save."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "matchme_jax" in record.pathname
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_OwnInfoOnly())
     selftrain.run(_CONFIG.value, _WORKDIR.value)
 
 

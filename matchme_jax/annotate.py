@@ -8,6 +8,7 @@ pixels so that the student's augmentation moves them exactly like ground truth.
 
 import json
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -242,7 +243,7 @@ def load(directory: Path) -> tuple[dict[str, np.ndarray], dict]:
                 for k in ("index", "source_keypoints", "target_keypoints", "confidence", "mask")
             }
         stats = json.loads((directory / STATS_FILE).read_text())
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
         raise RuntimeError(
             f"The pseudo labels in {directory} are missing or damaged ({e}); delete that folder "
             "and rerun to annotate again."
