@@ -12,13 +12,15 @@ The table between the two namings is derived from the Flax parameter tree itself
 ``feature_extraction.backbone.layer3.12.downsample.1.weight``. Layouts: conv OIHW -> HWIO, linear
 [out, in] -> [in, out], positional embeddings drop their singleton axes. Keys the official model
 holds but never uses in its output (torchvision ``fc``, the ResNet blocks past the last hyperpixel,
-``decoder.norm``, ``num_batches_tracked``) are dropped; any other unknown, missing or mis-shaped
-key fails with one ValueError that lists them all.
+``decoder.norm``) must be there and are dropped; ``num_batches_tracked`` may be there and is
+dropped. Any other unknown, missing or mis-shaped key fails with one ValueError that lists them
+all.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -30,12 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from matchme_jax.models import build_model
+from matchme_jax.models import build_model, cats_kwargs
 from matchme_jax.models.cats import CATs, MultiscaleBlock, cats_backbone
 from matchme_jax.models.resnet import RESNET_STAGE_BLOCKS
 
 BACKBONE_PREFIX = "feature_extraction.backbone."
 _FC_KEYS = ("fc.weight", "fc.bias")
+# config.model fields that are not CATs fields (accepted and ignored by cats_from_torch).
+_CONFIG_ONLY_FIELDS = ("name", "backbone_weights")
 _UNUSED_HEAD_KEYS = ("decoder.norm.weight", "decoder.norm.bias")
 _MODULE_NAMES = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}
@@ -130,10 +134,11 @@ def _full_backbone_entries(model: CATs, prefix: str) -> list[_Entry]:
     return _entries(shapes, prefix)
 
 
-def _unused_backbone_keys(model: CATs, used: set[str], prefix: str) -> set[str]:
+def _unused_backbone_keys(model: CATs, used: set[str], prefix: str) -> tuple[set, set]:
+    """(unused keys a complete ResNet state dict holds, optional ``num_batches_tracked``)."""
     full = _full_backbone_entries(model, prefix)
     unused = {e.torch_key for e in full} - used
-    return unused | _batchnorm_buffer_keys(full) | {prefix + k for k in _FC_KEYS}
+    return unused | {prefix + k for k in _FC_KEYS}, _batchnorm_buffer_keys(full)
 
 
 def _unused_single_level_keys(model: CATs, used: set[str]) -> set[str]:
@@ -149,19 +154,30 @@ def _unused_single_level_keys(model: CATs, used: set[str]) -> set[str]:
     return keys - used
 
 
-def _assemble(
-    entries: list[_Entry],
-    state_dict: Mapping[str, np.ndarray],
-    unused: set[str],
-    what: str,
-) -> dict[str, Any]:
-    """Validate ``state_dict`` against ``entries`` and build the variables, or raise once."""
-    expected = {e.torch_key for e in entries}
-    missing = sorted(expected - set(state_dict))
-    unexpected = sorted(set(state_dict) - expected - unused)
+@dataclasses.dataclass(frozen=True)
+class _Table:
+    """What a checkpoint for one model config must hold.
+
+    Attributes:
+        entries: the keys that become Flax variables.
+        unused: keys the official model holds but never uses: required, then dropped.
+        optional: keys that may be absent and are dropped: ``num_batches_tracked`` (PyTorch
+            added it in 0.4; older checkpoints, torchvision's ImageNet ResNets among them, lack it).
+    """
+
+    entries: tuple[_Entry, ...]
+    unused: frozenset[str]
+    optional: frozenset[str]
+
+
+def _assemble(table: _Table, state_dict: Mapping[str, np.ndarray], what: str) -> dict[str, Any]:
+    """Validate ``state_dict`` against ``table`` and build the variables, or raise once."""
+    expected = {e.torch_key for e in table.entries}
+    missing = sorted((expected | table.unused) - set(state_dict))
+    unexpected = sorted(set(state_dict) - expected - table.unused - table.optional)
     wrong_shape = [
         f"{e.torch_key}: {tuple(np.shape(state_dict[e.torch_key]))}, expected {e.torch_shape}"
-        for e in entries
+        for e in table.entries
         if e.torch_key in state_dict and tuple(np.shape(state_dict[e.torch_key])) != e.torch_shape
     ]
     problems = []
@@ -175,9 +191,32 @@ def _assemble(
         raise ValueError(f"checkpoint does not fit {what}:\n  " + "\n  ".join(problems))
     flat = {
         (e.collection, *e.path): jnp.asarray(_to_flax(e.path[-1], state_dict[e.torch_key], e.shape))
-        for e in entries
+        for e in table.entries
     }
     return traverse_util.unflatten_dict(flat)
+
+
+@functools.lru_cache(maxsize=16)
+def _cats_table(model: CATs) -> _Table:
+    """The official CATs state dict of one config."""
+    entries = _entries(_trace_variables(model), roots={"backbone": BACKBONE_PREFIX})
+    used = {e.torch_key for e in entries}
+    unused, optional = _unused_backbone_keys(model, used, BACKBONE_PREFIX)
+    unused |= _unused_single_level_keys(model, used) | set(_UNUSED_HEAD_KEYS)
+    return _Table(tuple(entries), frozenset(unused), frozenset(optional))
+
+
+@functools.lru_cache(maxsize=16)
+def _torchvision_table(model: CATs) -> _Table:
+    """The torchvision ResNet state dict for the backbone of one config."""
+    images = jax.ShapeDtypeStruct((1, _TRACE_IMAGE_SIZE, _TRACE_IMAGE_SIZE, 3), jnp.float32)
+    backbone = cats_backbone(model)
+    shapes = jax.eval_shape(
+        lambda x: backbone.init(jax.random.key(0), x, use_running_average=True), images
+    )
+    entries = _entries(shapes)
+    unused, optional = _unused_backbone_keys(model, {e.torch_key for e in entries}, "")
+    return _Table(tuple(entries), frozenset(unused), frozenset(optional))
 
 
 def _count_indexed(keys: list[str], pattern: str) -> int:
@@ -235,6 +274,20 @@ def _trace_variables(model: CATs) -> dict[str, Any]:
     )
 
 
+def _cats_overrides(model_overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Check and normalise the overrides: CATs fields, plus the non-CATs config.model fields."""
+    name = model_overrides.get("name", "cats")
+    if name != "cats":
+        raise ValueError(f"cats_from_torch builds CATs; got name={name!r}")
+    field_names = set(_CONFIG_ONLY_FIELDS) | {
+        f.name for f in dataclasses.fields(CATs) if f.name not in ("parent", "name")
+    }
+    unknown = sorted(set(model_overrides) - field_names)
+    if unknown:
+        raise ValueError(f"unknown CATs fields {unknown}; known: {sorted(field_names)}")
+    return cats_kwargs(model_overrides)
+
+
 def cats_from_torch(
     state_dict: Mapping[str, np.ndarray], **model_overrides: Any
 ) -> tuple[CATs, dict[str, Any]]:
@@ -245,6 +298,8 @@ def cats_from_torch(
             ``model.state_dict()``, BatchNorm buffers included).
         **model_overrides: CATs fields that override what is inferred (see
             ``infer_cats_fields``), e.g. ``hyperpixel_ids=...``, ``num_heads=...``, ``dtype=...``.
+            A whole ``config.model`` may be passed: its ``name`` must be "cats" and its
+            ``backbone_weights`` is ignored (the checkpoint holds the backbone).
 
     Returns:
         The CATs module and ``{"params": ..., "batch_stats": ...}`` (float32), ready for
@@ -254,11 +309,8 @@ def cats_from_torch(
         ValueError: an unknown override, an invalid config, or keys that are missing,
             unexpected or mis-shaped (all listed in one message).
     """
-    field_names = {f.name for f in dataclasses.fields(CATs)} - {"parent", "name"}
-    unknown = sorted(set(model_overrides) - field_names)
-    if unknown:
-        raise ValueError(f"unknown CATs fields {unknown}; known: {sorted(field_names)}")
-    fields = {**infer_cats_fields(state_dict), **model_overrides}
+    overrides = _cats_overrides(model_overrides)
+    fields = {**infer_cats_fields(state_dict), **overrides}
     levels = _count_indexed(list(state_dict), r"^proj\.(\d+)\.weight$")
     default_ids = CATs.hyperpixel_ids
     if "hyperpixel_ids" not in fields and levels and levels != len(default_ids):
@@ -267,14 +319,7 @@ def cats_from_torch(
             f"have {len(default_ids)}: pass hyperpixel_ids=(...) with {levels} ids"
         )
     model = CATs(**fields)
-    entries = _entries(_trace_variables(model), roots={"backbone": BACKBONE_PREFIX})
-    used = {e.torch_key for e in entries}
-    unused = (
-        _unused_backbone_keys(model, used, BACKBONE_PREFIX)
-        | _unused_single_level_keys(model, used)
-        | set(_UNUSED_HEAD_KEYS)
-    )
-    variables = _assemble(entries, state_dict, unused, f"the CATs model {fields}")
+    variables = _assemble(_cats_table(model), state_dict, f"the CATs model {fields}")
     return model, variables
 
 
@@ -296,14 +341,7 @@ def backbone_from_torchvision(
         ValueError: keys that are missing, unexpected or mis-shaped (all listed).
     """
     model = build_model(model_cfg)
-    backbone = cats_backbone(model)
-    images = jax.ShapeDtypeStruct((1, _TRACE_IMAGE_SIZE, _TRACE_IMAGE_SIZE, 3), jnp.float32)
-    shapes = jax.eval_shape(
-        lambda x: backbone.init(jax.random.key(0), x, use_running_average=True), images
-    )
-    entries = _entries(shapes)
-    unused = _unused_backbone_keys(model, {e.torch_key for e in entries}, "")
-    return _assemble(entries, state_dict, unused, f"the {model.backbone} backbone")
+    return _assemble(_torchvision_table(model), state_dict, f"the {model.backbone} backbone")
 
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -317,7 +355,7 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         path: the file.
 
     Returns:
-        The state dict, keys in file order.
+        The state dict.
 
     Raises:
         FileNotFoundError: no such file.

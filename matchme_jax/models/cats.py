@@ -351,10 +351,7 @@ class CATs(nn.Module):
     ) -> jnp.ndarray:
         _check_images(source, "source")
         _check_images(target, "target")
-        # Two backbone calls, source first: with batch statistics each image set is normalised
-        # on its own, and the target call's running-stat update follows the source's.
-        source_feats = self._hyperpixels(source, train)
-        target_feats = self._hyperpixels(target, train)
+        source_feats, target_feats = self._hyperpixel_pair(source, target, train)
         self.sow("intermediates", "source_feats", tuple(source_feats))
 
         corr_dtype = jnp.promote_types(jnp.dtype(self.dtype), jnp.float32)
@@ -379,9 +376,23 @@ class CATs(nn.Module):
         self.sow("intermediates", "refined_corr", refined)
         return refined
 
-    def _hyperpixels(self, images: jnp.ndarray, train: bool) -> list[jnp.ndarray]:
-        """Backbone taps resized to the grid: L arrays [B, n, n, C_l]."""
+    def _hyperpixel_pair(
+        self, source: jnp.ndarray, target: jnp.ndarray, train: bool
+    ) -> tuple[list[jnp.ndarray], list[jnp.ndarray]]:
+        """Backbone taps of both images, resized to the grid: two lists of [B, n, n, C_l]."""
         use_running_average = not train or self.bn_mode == "frozen"
+        if use_running_average and source.shape == target.shape:
+            # Per-sample normalisation: one backbone call on both batches gives the same
+            # features and compiles the backbone once.
+            taps = self._hyperpixels(jnp.concatenate([source, target]), use_running_average)
+            b = source.shape[0]
+            return [t[:b] for t in taps], [t[b:] for t in taps]
+        # Batch statistics: two calls, source first. Each batch is normalised with its own
+        # statistics, and the target's running-stat update follows the source's.
+        source_taps = self._hyperpixels(source, use_running_average)
+        return source_taps, self._hyperpixels(target, use_running_average)
+
+    def _hyperpixels(self, images: jnp.ndarray, use_running_average: bool) -> list[jnp.ndarray]:
         taps = self.backbone_net(images, use_running_average=use_running_average)
         taps = [resize_bilinear_align_corners(t, self.feature_size) for t in taps]
         if self.freeze_backbone:

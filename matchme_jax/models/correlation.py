@@ -132,6 +132,7 @@ def grid_to_flow(grid_x: jnp.ndarray, grid_y: jnp.ndarray) -> jnp.ndarray:
     Returns:
         flow: [B, h, w, 2] (x, y), dtype ``promote(grid dtype, float32)``.
     """
+    grid_x, grid_y = jnp.asarray(grid_x), jnp.asarray(grid_y)
     _, h, w = grid_x.shape
     out_dtype = jnp.promote_types(grid_x.dtype, jnp.float32)
     map_x = ((grid_x.astype(jnp.float32) + 1) * (w - 1) / 2.0).astype(out_dtype)

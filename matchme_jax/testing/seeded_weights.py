@@ -16,11 +16,15 @@ folder:
 * the gain ``g`` is 1 except for the keys matched by ``GAINS`` (first match wins).
 
 BatchNorm buffers are not generated: they come from a calibration run and are stored in fixtures.
+A fixture stores the spec as ``meta/spec_keys`` (strings) and ``meta/spec_shapes`` (a JSON list),
+the seed as ``meta/seed``, the digest as ``meta/params_sha256`` and the buffers as ``bn/<key>``;
+``fixture_state_dict`` turns such a file into the complete PyTorch state dict.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -128,3 +132,31 @@ def params_digest(
         digest.update(str(key).encode("utf-8"))
         digest.update(np.ascontiguousarray(params[key], dtype="<f4").tobytes())
     return digest.hexdigest()
+
+
+def load_spec(fixture: Mapping[str, np.ndarray]) -> Spec:
+    """The ordered ``(torch key, shape)`` spec stored in a fixture (an ``np.load`` result)."""
+    keys = [str(k) for k in fixture["meta/spec_keys"]]
+    shapes = json.loads(str(fixture["meta/spec_shapes"]))
+    return [(k, tuple(int(s) for s in shape)) for k, shape in zip(keys, shapes, strict=True)]
+
+
+def fixture_state_dict(fixture: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Complete PyTorch state dict of a fixture: regenerated parameters plus its BN buffers.
+
+    Raises:
+        RuntimeError: the regenerated parameters do not match ``meta/params_sha256`` (numpy
+            may have changed its random stream).
+    """
+    spec = load_spec(fixture)
+    state_dict = make_state_dict(spec, int(fixture["meta/seed"]))
+    got, want = params_digest(state_dict, spec), str(fixture["meta/params_sha256"])
+    if got != want:
+        raise RuntimeError(
+            f"regenerated weights differ from the fixture (sha256 {got[:12]} != {want[:12]}); "
+            f"numpy {np.__version__} may draw a different random stream than numpy 2.4.6"
+        )
+    for name in fixture:
+        if name.startswith("bn/"):
+            state_dict[name.removeprefix("bn/")] = np.asarray(fixture[name])
+    return state_dict
