@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +35,7 @@ from flax import traverse_util
 
 from matchme_jax.models import build_model, cats_kwargs
 from matchme_jax.models.cats import CATs, MultiscaleBlock, cats_backbone
-from matchme_jax.models.resnet import RESNET_STAGE_BLOCKS
+from matchme_jax.models.resnet import RESNET_STAGE_BLOCKS, ResNet
 
 BACKBONE_PREFIX = "feature_extraction.backbone."
 _FC_KEYS = ("fc.weight", "fc.bias")
@@ -124,14 +125,17 @@ def _batchnorm_buffer_keys(entries: list[_Entry]) -> set[str]:
     }
 
 
+def _backbone_shapes(backbone: ResNet) -> dict[str, Any]:
+    images = jax.ShapeDtypeStruct((1, _TRACE_IMAGE_SIZE, _TRACE_IMAGE_SIZE, 3), jnp.float32)
+    return jax.eval_shape(
+        lambda x: backbone.init(jax.random.key(0), x, use_running_average=True), images
+    )
+
+
 def _full_backbone_entries(model: CATs, prefix: str) -> list[_Entry]:
     """Entries of the whole ResNet, every stage built, as the official model holds it."""
     full = cats_backbone(model).clone(tap_ids=(sum(model.stage_blocks),))
-    images = jax.ShapeDtypeStruct((1, _TRACE_IMAGE_SIZE, _TRACE_IMAGE_SIZE, 3), jnp.float32)
-    shapes = jax.eval_shape(
-        lambda x: full.init(jax.random.key(0), x, use_running_average=True), images
-    )
-    return _entries(shapes, prefix)
+    return _entries(_backbone_shapes(full), prefix)
 
 
 def _unused_backbone_keys(model: CATs, used: set[str], prefix: str) -> tuple[set, set]:
@@ -209,12 +213,7 @@ def _cats_table(model: CATs) -> _Table:
 @functools.lru_cache(maxsize=16)
 def _torchvision_table(model: CATs) -> _Table:
     """The torchvision ResNet state dict for the backbone of one config."""
-    images = jax.ShapeDtypeStruct((1, _TRACE_IMAGE_SIZE, _TRACE_IMAGE_SIZE, 3), jnp.float32)
-    backbone = cats_backbone(model)
-    shapes = jax.eval_shape(
-        lambda x: backbone.init(jax.random.key(0), x, use_running_average=True), images
-    )
-    entries = _entries(shapes)
+    entries = _entries(_backbone_shapes(cats_backbone(model)))
     unused, optional = _unused_backbone_keys(model, {e.torch_key for e in entries}, "")
     return _Table(tuple(entries), frozenset(unused), frozenset(optional))
 
@@ -359,7 +358,7 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: an unsupported extension or content.
+        ValueError: an unsupported extension or content, or a .pth that needs full unpickling.
         ImportError: a ``.pth`` file without torch installed.
     """
     path = Path(path)
@@ -391,7 +390,14 @@ def _load_torch_file(path: Path) -> Mapping[str, Any]:
             f"reading {path} needs torch (pip install torch); or save the state dict as .npz "
             "or .safetensors where torch is installed"
         ) from err
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path}: torch.load(weights_only=True) refused it ({err}). If you trust the file, "
+            "save its state dict alone: torch.save(torch.load(path, weights_only=False)"
+            "['state_dict'], 'clean.pth')"
+        ) from err
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
         checkpoint = checkpoint["state_dict"]
     # A state dict holds only tensors; bfloat16 has no numpy dtype, hence .float().

@@ -190,6 +190,25 @@ def test_backbone_is_built_only_up_to_the_last_hyperpixel():
     assert set(shapes["params"]["backbone"]) == {"conv1", "bn1", "layer1_0", "layer2_0"}
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_reduced_precision_keeps_float32_params_and_outputs(tiny, dtype):
+    _, variables, source, target = tiny
+    model = _tiny_model(dtype=dtype)
+    shapes = jax.eval_shape(
+        lambda s, t: model.init(jax.random.key(0), source=s, target=t), source, target
+    )
+    assert {leaf.dtype for leaf in jax.tree.leaves(shapes)} == {jnp.dtype("float32")}
+    out = jax.eval_shape(
+        lambda v, s, t: model.apply(
+            v, source=s, target=t, train=True, mutable=["batch_stats"], method=CATs.correspondence
+        ),
+        variables,
+        source,
+        target,
+    )
+    assert out[0]["flow"].dtype == out[0]["confidence"].dtype == jnp.float32
+
+
 def test_tiny_model_eval_and_train(tiny, tiny_outputs):
     _, variables, _, _ = tiny
     flow = tiny_outputs["eval"]
