@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from matchme_jax.data import pipeline
-from matchme_jax.data.augment import normalize_images
+from matchme_jax.data.augment import normalize_uint8
 
 PSEUDO_FILE = "pseudo_labels.npz"
 STATS_FILE = "stats.json"
@@ -29,8 +29,8 @@ def make_annotate_step(model) -> Callable:
     def annotate_step(variables, batch):
         out = model.apply(
             variables,
-            source=normalize_images(batch["source_image"]),
-            target=normalize_images(batch["target_image"]),
+            source=normalize_uint8(batch["source_image"]),
+            target=normalize_uint8(batch["target_image"]),
             train=False,
             method="correspondence",
         )

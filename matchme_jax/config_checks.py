@@ -5,6 +5,8 @@ from pathlib import Path
 
 import ml_collections
 
+from matchme_jax.data.augment import AugmentStrength
+
 MODES = ("selftrain", "train")
 CONFIG_FILE = "config.json"
 # Fields that change how a run is carried out, not what it computes.
@@ -50,11 +52,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.eval.batch_size >= 1, "eval.batch_size", "1 or more")
     need(all(a > 0 for a in config.eval.alphas), "eval.alphas", "positive fractions")
     for role in ("teacher", "student"):
-        need(
-            config.augment[role] in ("weak", "strong", "none"),
-            f"augment.{role}",
-            "'weak', 'strong' or 'none'",
-        )
+        try:
+            AugmentStrength.from_config(config.augment[role])
+        except ValueError as e:
+            problems.append(f"config.augment.{role}: {e}")
     if problems:
         raise ValueError("Bad config:\n  " + "\n  ".join(problems))
 

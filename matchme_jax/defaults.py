@@ -4,8 +4,12 @@ The values follow the official CATs `train.py` where it has one; the self-traini
 reading of the MatchMe paper, which does not publish its code.
 """
 
+import dataclasses
+
 import ml_collections
 from ml_collections import config_dict
+
+from matchme_jax.data.augment import AugmentStrength
 
 
 def cats_model() -> ml_collections.ConfigDict:
@@ -28,6 +32,14 @@ def cats_model() -> ml_collections.ConfigDict:
             bn_mode="official",  # official: batch statistics while training | frozen
             dtype="float32",
         )
+    )
+
+
+def augment_preset(name: str) -> ml_collections.ConfigDict:
+    """Every field of an augmentation preset ("none", "weak", "strong"), to override one by one."""
+    strength = AugmentStrength.create(name)
+    return ml_collections.ConfigDict(
+        {f.name: float(getattr(strength, f.name)) for f in dataclasses.fields(strength)}
     )
 
 
@@ -66,7 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
             steps=20_000,
             log_every=50,
             checkpoint_every=1_000,
-            validate_every=0,  # 0: validate only at the end of a generation
+            # Side (pixels) of the box around each target cell whose keypoints define its flow
+            # target (official KeypointToFlow: 35 px for 16-px cells).
+            receptive_field=35,
         )
     )
 
@@ -87,8 +101,10 @@ def base_config() -> ml_collections.ConfigDict:
     )
 
     # Augmentation strengths: the teacher gets the official CATs set, the student a stronger one.
-    # Same code, different values (see matchme_jax/data/augment.py for every field).
-    config.augment = ml_collections.ConfigDict(dict(teacher="weak", student="strong"))
+    # Same code, different values (matchme_jax/data/augment.py documents every field).
+    config.augment = ml_collections.ConfigDict(
+        dict(teacher=augment_preset("weak"), student=augment_preset("strong"))
+    )
 
     config.selftrain = ml_collections.ConfigDict(
         dict(

@@ -14,7 +14,7 @@ import numpy as np
 
 from matchme_jax import metrics
 from matchme_jax.data import pipeline
-from matchme_jax.data.augment import normalize_images
+from matchme_jax.data.augment import normalize_uint8
 
 THRESHOLDS = ("bbox", "img")
 
@@ -29,8 +29,8 @@ def make_eval_step(model, dataset_cfg, eval_cfg) -> Callable:
     def eval_step(variables, batch):
         flow = model.apply(
             variables,
-            source=normalize_images(batch["source_image"]),
-            target=normalize_images(batch["target_image"]),
+            source=normalize_uint8(batch["source_image"]),
+            target=normalize_uint8(batch["target_image"]),
             train=False,
         )
         predicted = metrics.flow_to_keypoints(

@@ -47,16 +47,20 @@ class Run:
             total_steps=config.train.steps,
             freeze_backbone=config.model.freeze_backbone,
         )
-        self.train_step = TrainStep(self.model, self.optimizer, config.model, dataset_cfg)
+        self.train_step = TrainStep(
+            self.model,
+            self.optimizer,
+            config.model,
+            dataset_cfg,
+            receptive_field=config.train.receptive_field,
+        )
         self.eval_step = evaluate.make_eval_step(self.model, dataset_cfg, config.eval)
         self.annotate_step = annotate.make_annotate_step(self.model)
         self.init_variables = self._initial_variables()
-        presets = {
-            "weak": AugmentStrength.weak,
-            "strong": AugmentStrength.strong,
-            "none": AugmentStrength.none,
+        self.strengths = {
+            role: AugmentStrength.from_config(config.augment[role])
+            for role in ("teacher", "student")
         }
-        self.strengths = {role: presets[config.augment[role]]() for role in ("teacher", "student")}
 
     def _initial_variables(self):
         size = self.config.dataset.image_size

@@ -63,10 +63,11 @@ class TrainStep:
     must stay at 1 for a whole self-training run.
     """
 
-    def __init__(self, model, optimizer, model_cfg, dataset_cfg):
+    def __init__(self, model, optimizer, model_cfg, dataset_cfg, *, receptive_field: int = 35):
         self._update = make_update_fn(model, optimizer, bn_train=model_cfg.bn_mode == "official")
         self._feature_size = model_cfg.feature_size
         self._image_size = dataset_cfg.image_size
+        self._receptive_field = receptive_field
         self.trace_count = 0
         self._jitted = jax.jit(self._step, donate_argnums=(0,))
 
@@ -81,6 +82,7 @@ class TrainStep:
             mask,
             feature_size=self._feature_size,
             image_size=self._image_size,
+            receptive_field=self._receptive_field,
             weight=batch["keypoint_weight"],
         )
         state, metrics = self._update(
