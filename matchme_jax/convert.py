@@ -1,7 +1,8 @@
 """Official PyTorch checkpoints -> Flax variables.
 
 * ``cats_from_torch``: an official CATs state dict (``feature_extraction.backbone.*``, ``proj.*``,
-  ``decoder.*``, ``x_normal``, ``y_normal`` and the BatchNorm buffers) -> ``(model, variables)``.
+  ``decoder.*``, ``x_normal``, ``y_normal`` and the BatchNorm buffers) -> ``(model, variables)``;
+  ``cats_to_torch`` maps variables back to those keys and layouts.
 * ``backbone_from_torchvision``: torchvision ResNet ImageNet weights (``conv1.weight``,
   ``layer1.0.bn1.running_mean``, ...) -> the ``backbone`` subtree of the CATs variables.
 * ``load_state_dict_file``: ``.npz``, ``.safetensors``, and ``.pth``/``.pt`` when torch is
@@ -86,6 +87,16 @@ def _to_flax(leaf: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray
     if leaf == "kernel" and value.ndim == 2:
         return np.ascontiguousarray(value.T)
     return value.reshape(shape)
+
+
+def _to_torch(leaf: str, value: np.ndarray, torch_shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of ``_to_flax``; keeps the dtype (a float64 run stays float64)."""
+    value = np.asarray(value)
+    if leaf == "kernel" and value.ndim == 4:  # HWIO -> OIHW
+        return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
+    if leaf == "kernel" and value.ndim == 2:  # [in, out] -> [out, in]
+        return np.ascontiguousarray(value.T)
+    return value.reshape(torch_shape)
 
 
 def _entries(
@@ -322,6 +333,32 @@ def cats_from_torch(
     return model, variables
 
 
+def cats_to_torch(model: CATs, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Flax CATs variables -> the official state-dict keys and layouts (inverse of the converter).
+
+    Only the tensors our model holds come back: the unused official entries (``fc``, the blocks
+    past the last hyperpixel, ``decoder.norm``) and the ``num_batches_tracked`` counters do not
+    exist here. Used to compare trained weights with the official training.
+
+    Args:
+        model: the CATs module the variables belong to.
+        variables: ``{"params": ..., "batch_stats": ...}`` of ``model``.
+
+    Returns:
+        ``{torch key: numpy array}`` in PyTorch layouts and the variables' own dtypes.
+    """
+    return {
+        e.torch_key: _to_torch(e.path[-1], _leaf(variables, (e.collection, *e.path)), e.torch_shape)
+        for e in _cats_table(model).entries
+    }
+
+
+def _leaf(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    for name in path:
+        tree = tree[name]
+    return tree
+
+
 def backbone_from_torchvision(
     state_dict: Mapping[str, np.ndarray], model_cfg: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -422,6 +459,7 @@ def _unwrap_state_dict(raw: Mapping[str, Any], path: Path) -> dict[str, np.ndarr
 __all__ = [
     "backbone_from_torchvision",
     "cats_from_torch",
+    "cats_to_torch",
     "infer_cats_fields",
     "load_state_dict_file",
 ]

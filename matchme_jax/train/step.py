@@ -49,7 +49,7 @@ def make_update_fn(model, optimizer: optax.GradientTransformation, *, bn_train: 
             batch_stats=batch_stats,
             opt_state=opt_state,
         )
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "flow": flow}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "flow": flow}
         return new_state, metrics
 
     return update
