@@ -198,11 +198,14 @@ class Category:
         name: category name.
         build: draws the parts of one instance, in drawing order, from a generator.
         keypoints: `(keypoint name, part name, s, v)` in keypoint order.
+        colours: the category's typical primary and secondary RGB colours; instances vary
+            around them (as real categories have typical colours), and some take random ones.
     """
 
     name: str
     build: Callable[[np.random.Generator], list[PartShape]]
     keypoints: tuple[tuple[str, str, float, float], ...]
+    colours: tuple[tuple[int, int, int], tuple[int, int, int]]
 
 
 def _eye(s: float, v: float, radius_s: float, radius_v: float) -> tuple:
@@ -508,11 +511,11 @@ _FISH_KEYPOINTS = (
 
 
 CATEGORIES: tuple[Category, ...] = (
-    Category("quadruped", _build_quadruped, _QUADRUPED_KEYPOINTS),
-    Category("bird", _build_bird, _BIRD_KEYPOINTS),
-    Category("car", _build_car, _CAR_KEYPOINTS),
-    Category("aeroplane", _build_aeroplane, _AEROPLANE_KEYPOINTS),
-    Category("fish", _build_fish, _FISH_KEYPOINTS),
+    Category("quadruped", _build_quadruped, _QUADRUPED_KEYPOINTS, ((150, 105, 60), (235, 215, 180))),
+    Category("bird", _build_bird, _BIRD_KEYPOINTS, ((70, 110, 190), (240, 200, 60))),
+    Category("car", _build_car, _CAR_KEYPOINTS, ((200, 40, 45), (225, 225, 230))),
+    Category("aeroplane", _build_aeroplane, _AEROPLANE_KEYPOINTS, ((215, 220, 225), (40, 70, 160))),
+    Category("fish", _build_fish, _FISH_KEYPOINTS, ((245, 140, 30), (250, 245, 240))),
 )
 CATEGORY_NAMES: tuple[str, ...] = tuple(c.name for c in CATEGORIES)
 KEYPOINT_NAMES: dict[str, tuple[str, ...]] = {
@@ -568,9 +571,21 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
     return np.clip(grey + rng.uniform(1.0, 1.8) * (colour - grey), 0.0, 255.0)
 
 
-def _palette(rng: np.random.Generator) -> dict[str, np.ndarray]:
+# Share of instances whose colours ignore their category's typical ones.
+_RANDOM_COLOUR_SHARE = 0.2
+# Per-channel standard deviation of an instance's colours around its category's.
+_COLOUR_JITTER = 30.0
+
+
+def _palette(rng: np.random.Generator, spec: Category) -> dict[str, np.ndarray]:
     """Per-instance colours for the colour roles of `PartShape`."""
-    primary, secondary = _random_colour(rng), _random_colour(rng)
+    if rng.uniform() < _RANDOM_COLOUR_SHARE:
+        primary, secondary = _random_colour(rng), _random_colour(rng)
+    else:
+        primary, secondary = (
+            np.clip(np.asarray(c, np.float64) + rng.normal(0.0, _COLOUR_JITTER, 3), 0.0, 255.0)
+            for c in spec.colours
+        )
     return {
         "primary": primary,
         "secondary": secondary,
@@ -742,7 +757,7 @@ def render_instance(
     spec = CATEGORIES[category]
     height, width = (int(n) for n in rng.integers(image_size[0], image_size[1] + 1, size=2))
     shapes = spec.build(rng)
-    palette = _palette(rng)
+    palette = _palette(rng, spec)
     object_outline = np.concatenate(
         [Layer(p.affine, p.power, p.taper, np.zeros(3)).boundary() for p in shapes]
     )
