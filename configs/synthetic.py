@@ -32,6 +32,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.feature_size = 8
     config.model.feature_proj_dim = 32
     config.model.num_heads = 4
+    # Three departures from the official recipe, each for a backbone trained from scratch on a
+    # few pairs (measured on this benchmark; see the README):
+    # - a softer soft-argmax: at beta 0.02 the untrained correlation gives one-hot distributions
+    #   (mean peak probability 0.999), which starve the gradient and make tau meaningless;
+    # - BatchNorm on fixed statistics: with batch statistics the model trained on 16 pairs a batch
+    #   predicts much worse in evaluation mode (60 vs 80 PCK@0.1 on one overfitted batch);
+    # - target boxes scaled to the 8-px cells: the official 35-px box (made for 16-px cells)
+    #   averages most keypoints of an object into each cell.
+    config.model.beta = 0.1
+    config.model.bn_mode = "frozen"
+    config.train.receptive_field = 17
 
     config.train.batch_size = 16
     config.train.steps = 600
@@ -48,19 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if arg == "tiny":
         config.dataset.builder_config = "tiny"
-        config.dataset.image_size = 32
-        config.model.backbone_blocks = (1, 1, 1)
-        config.model.backbone_width = 8
-        config.model.hyperpixel_ids = (0, 2, 3)
-        config.model.feature_size = 4
-        config.model.feature_proj_dim = 16
-        config.model.num_heads = 2
-        config.train.batch_size = 4
-        config.train.steps = 6
-        config.train.log_every = 2
-        config.train.checkpoint_every = 3
-        config.selftrain.num_unlabeled_pairs = 8
-        config.eval.batch_size = 4
+        defaults.shrink_to_tiny(config)
+        config.train.receptive_field = 9  # 8-px cells
     elif arg:
         raise ValueError(f"configs/synthetic.py takes no argument or ':tiny', got {arg!r}")
     return config

@@ -6,6 +6,7 @@ from pathlib import Path
 import ml_collections
 
 from matchme_jax.data.augment import AugmentStrength
+from matchme_jax.data.unlabeled import UNLABELED_PAIRS
 
 MODES = ("selftrain", "train")
 CONFIG_FILE = "config.json"
@@ -35,6 +36,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(0.0 <= st.tau <= 1.0, "selftrain.tau", "a confidence in [0, 1]")
     need(st.generations >= 0, "selftrain.generations", "0 or more")
     need(st.query in ("bbox", "all"), "selftrain.query", "'bbox' or 'all'")
+    need(
+        st.unlabeled_pairs in UNLABELED_PAIRS,
+        "selftrain.unlabeled_pairs",
+        f"one of {UNLABELED_PAIRS}",
+    )
     need(st.student_init in ("same", "teacher"), "selftrain.student_init", "'same' or 'teacher'")
     need(0.0 < st.labeled_fraction <= 1.0, "selftrain.labeled_fraction", "in (0, 1]")
     need(st.pseudo_weight >= 0.0, "selftrain.pseudo_weight", "0 or more")

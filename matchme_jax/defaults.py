@@ -111,6 +111,9 @@ def base_config() -> ml_collections.ConfigDict:
             generations=2,  # student generations after the generation-0 teacher
             tau=0.7,  # keep a pseudo correspondence when its confidence >= tau
             query="bbox",  # bbox: target cells inside the target box | all: every cell
+            # Unlabeled pairs: "split" draws from dataset.unlabeled_split; "train_images" pairs the
+            # training images anew (same category), never reading those pairs' annotation.
+            unlabeled_pairs="split",
             num_unlabeled_pairs=2000,  # unlabeled pairs the teacher annotates per generation
             max_pseudo_points=40,  # most confident points kept per pair (<= dataset.max_keypoints)
             min_pseudo_points=1,  # pairs with fewer kept points are dropped
@@ -130,3 +133,21 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
     return config
+
+
+def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
+    """Makes `config` CPU-test sized (seconds): 32-px images, a 3-block ResNet, a few steps."""
+    config.dataset.image_size = 32
+    config.model.backbone = "custom"
+    config.model.backbone_blocks = (1, 1, 1)
+    config.model.backbone_width = 8
+    config.model.hyperpixel_ids = (0, 2, 3)
+    config.model.feature_size = 4
+    config.model.feature_proj_dim = 16
+    config.model.num_heads = 2
+    config.train.batch_size = 4
+    config.train.steps = 6
+    config.train.log_every = 2
+    config.train.checkpoint_every = 3
+    config.selftrain.num_unlabeled_pairs = 8
+    config.eval.batch_size = 4

@@ -1,4 +1,5 @@
-"""`config.init_from`: start from one of our checkpoints or an official PyTorch checkpoint."""
+"""Starting weights: `config.init_from` (our checkpoint or an official CATs one) and
+`config.model.backbone_weights` (torchvision ImageNet ResNet weights for the backbone alone)."""
 
 from pathlib import Path
 
@@ -54,3 +55,22 @@ def load_variables(config, like: dict) -> dict:
             + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else "")
         )
     return jax.tree.map(lambda x, ref: np.asarray(x, ref.dtype), loaded, like)
+
+
+def with_backbone_weights(config, variables: dict) -> dict:
+    """`variables` with the backbone replaced by `config.model.backbone_weights`."""
+    from matchme_jax import convert
+
+    path = Path(config.model.backbone_weights)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"config.model.backbone_weights={str(path)!r} is not a file; give torchvision's "
+            "ResNet weights (e.g. resnet101-5d3b4d8f.pth, or the same as .npz/.safetensors)."
+        )
+    backbone = convert.backbone_from_torchvision(
+        convert.load_state_dict_file(path), config.model
+    )
+    return {
+        collection: {**variables[collection], "backbone": backbone[collection]}
+        for collection in ("params", "batch_stats")
+    }

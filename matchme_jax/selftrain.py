@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from matchme_jax import annotate, checkpoint, config_checks, evaluate, parallel
-from matchme_jax.data import pipeline, sources
+from matchme_jax import annotate, checkpoint, config_checks, evaluate, init_from, parallel
+from matchme_jax.data import pipeline, sources, unlabeled
 from matchme_jax.data.augment import AugmentStrength
 from matchme_jax.models import build_model
 from matchme_jax.train.loop import train_generation
@@ -67,19 +67,28 @@ class Run:
         images = jnp.zeros((1, size, size, 3), jnp.float32)
         rng = jax.random.key(self.config.seed)
         variables = jax.jit(lambda r: self.model.init(r, source=images, target=images))(rng)
+        if self.config.model.backbone_weights:
+            variables = init_from.with_backbone_weights(self.config, variables)
         if self.config.init_from:
-            from matchme_jax import init_from  # the converter is only needed here
-
             variables = init_from.load_variables(self.config, variables)
         return parallel.replicate(variables)
 
-    def unlabeled_source(self, generation: int):
-        """The unlabeled pairs this generation's teacher annotates (a seeded draw)."""
-        dataset_cfg = self.config.dataset
+    def unlabeled_source(self, generation: int) -> unlabeled.Subset:
+        """The unlabeled pairs this generation's teacher annotates, drawn with a seed.
+
+        A `Subset` whose `source` the pseudo labels' indices refer to.
+        """
+        dataset_cfg, n = self.config.dataset, self.config.selftrain.num_unlabeled_pairs
+        seed = [self.config.seed, generation]
+        if self.config.selftrain.unlabeled_pairs == "train_images":
+            pairs = unlabeled.RepairedTrainingImages(
+                sources.prepare(dataset_cfg), dataset_cfg.train_split, n, seed
+            )
+            return unlabeled.Subset(pairs, np.arange(len(pairs)))
         full = sources.open_split(dataset_cfg, dataset_cfg.unlabeled_split)
-        n = min(self.config.selftrain.num_unlabeled_pairs, len(full))
-        rng = np.random.default_rng([self.config.seed, generation])
-        return Subset(full, np.sort(rng.choice(len(full), n, replace=False))), full
+        rng = np.random.default_rng(seed)
+        indices = np.sort(rng.choice(len(full), min(n, len(full)), replace=False))
+        return unlabeled.Subset(full, indices)
 
     def train(self, generation: int, variables, training_sources, weights, role: str):
         """Trains one generation from `variables`; resumes from its latest checkpoint."""
@@ -128,24 +137,11 @@ class Run:
         )
 
 
-class Subset:
-    """The examples of `source` at `indices`, as a random-access source."""
-
-    def __init__(self, source, indices: np.ndarray):
-        self._source = source
-        self.indices = indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        return self._source[int(self.indices[i])]
-
-
 def _pseudo_labels(run: Run, generation: int, teacher) -> tuple[dict, dict, object]:
+    """(pseudo labels, statistics, the source their `index` refers to)."""
     """Annotates this generation's unlabeled pairs (or reloads what an earlier try wrote)."""
     pseudo_dir = run.workdir / f"gen_{generation}" / "pseudo"
-    subset, full = run.unlabeled_source(generation)
+    subset = run.unlabeled_source(generation)
     if (pseudo_dir / annotate.PSEUDO_FILE).exists():
         pseudo, stats = annotate.load(pseudo_dir)
     else:
@@ -165,7 +161,7 @@ def _pseudo_labels(run: Run, generation: int, teacher) -> tuple[dict, dict, obje
             f"Generation {generation}: the teacher kept no pseudo label at tau="
             f"{run.config.selftrain.tau}. Lower config.selftrain.tau or train the teacher longer."
         )
-    return pseudo, stats, full
+    return pseudo, stats, subset.source
 
 
 def _public_stats(stats: dict | None) -> dict | None:
