@@ -139,6 +139,15 @@ def test_training_starts_from_the_forward_fixture_state(fixture, forward_fixture
     assert digest.hexdigest() == str(fixture["meta/bn_sha256"])
 
 
+def test_cats_to_torch_inverts_the_converter(initial_state):
+    model, variables = cats_from_torch(initial_state)
+    back = cats_to_torch(model, variables)
+    unused = re.compile(r"layer4\.|backbone\.fc\.|^decoder\.norm\.|num_batches_tracked$")
+    assert set(back) == {k for k in initial_state if not unused.search(k)}
+    for key, value in back.items():
+        np.testing.assert_array_equal(value, initial_state[key], err_msg=key)
+
+
 def test_targets_use_the_official_valid_cells(fixture):
     valid = np.asarray(official_valid_cells(jnp.asarray(fixture["batch/flow_gt"])))
     np.testing.assert_array_equal(valid, fixture["batch/valid"])
