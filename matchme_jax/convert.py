@@ -459,6 +459,7 @@ def _unwrap_state_dict(raw: Mapping[str, Any], path: Path) -> dict[str, np.ndarr
 __all__ = [
     "backbone_from_torchvision",
     "cats_from_torch",
+    "cats_to_torch",
     "infer_cats_fields",
     "load_state_dict_file",
 ]
