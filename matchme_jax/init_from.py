@@ -67,9 +67,7 @@ def with_backbone_weights(config, variables: dict) -> dict:
             f"config.model.backbone_weights={str(path)!r} is not a file; give torchvision's "
             "ResNet weights (e.g. resnet101-5d3b4d8f.pth, or the same as .npz/.safetensors)."
         )
-    backbone = convert.backbone_from_torchvision(
-        convert.load_state_dict_file(path), config.model
-    )
+    backbone = convert.backbone_from_torchvision(convert.load_state_dict_file(path), config.model)
     return {
         collection: {**variables[collection], "backbone": backbone[collection]}
         for collection in ("params", "batch_stats")

@@ -11,9 +11,7 @@ from jax.sharding import PartitionSpec as P
 @functools.cache
 def mesh() -> jax.sharding.Mesh:
     # Auto axes: XLA propagates the shardings; code inside the step needs no sharding types.
-    return jax.make_mesh(
-        (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
-    )
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def batch_sharding() -> NamedSharding:

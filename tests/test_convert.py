@@ -316,7 +316,7 @@ def test_converter_module_documents_its_public_api():
     assert set(convert.__all__) == {
         "backbone_from_torchvision",
         "cats_from_torch",
-    "cats_to_torch",
+        "cats_to_torch",
         "infer_cats_fields",
         "load_state_dict_file",
     }

@@ -511,7 +511,9 @@ _FISH_KEYPOINTS = (
 
 
 CATEGORIES: tuple[Category, ...] = (
-    Category("quadruped", _build_quadruped, _QUADRUPED_KEYPOINTS, ((150, 105, 60), (235, 215, 180))),
+    Category(
+        "quadruped", _build_quadruped, _QUADRUPED_KEYPOINTS, ((150, 105, 60), (235, 215, 180))
+    ),
     Category("bird", _build_bird, _BIRD_KEYPOINTS, ((70, 110, 190), (240, 200, 60))),
     Category("car", _build_car, _CAR_KEYPOINTS, ((200, 40, 45), (225, 225, 230))),
     Category("aeroplane", _build_aeroplane, _AEROPLANE_KEYPOINTS, ((215, 220, 225), (40, 70, 160))),
