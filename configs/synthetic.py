@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.receptive_field = 17
 
     config.train.batch_size = 16
-    config.train.steps = 600
+    config.train.steps = 400
     config.train.log_every = 50
     config.train.checkpoint_every = 200
 

@@ -55,7 +55,7 @@ class SyntheticCorrespondenceConfig(tfds.core.BuilderConfig):
         seed: dataset seed; every pair is a pure function of `(seed, split, index)`.
     """
 
-    num_train: int = 40
+    num_train: int = 200
     num_unlabeled: int = 2000
     num_validation: int = 100
     num_test: int = 400
@@ -83,7 +83,7 @@ class SyntheticCorrespondence(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         SyntheticCorrespondenceConfig(
             name="default",
-            description="~1 minute build: 40 train, 2000 unlabeled, 100 val, 400 test, 112-160 px.",
+            description="~1 minute build: 200 train, 2000 unlabeled, 100 val, 400 test, 112-160 px.",
         ),
         SyntheticCorrespondenceConfig(
             name="tiny",
