@@ -2,10 +2,14 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from test_config import load
 
-from matchme_jax import selftrain
+from matchme_jax import convert, init_from, selftrain
+from matchme_jax.models import build_model
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +60,48 @@ def test_rerun_continues_instead_of_redoing(tiny_run):
     assert again["generations"] == results["generations"]
     # Nothing was trained again: no new log lines.
     assert logs == [(workdir / f"gen_{g}" / "train_log.jsonl").read_text() for g in range(3)]
+
+
+def _fresh_variables(config):
+    model = build_model(config.model)
+    size = config.dataset.image_size
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
+    return model, model.init(jax.random.key(1), source=images, target=images)
+
+
+def test_init_from_our_checkpoint_restores_the_teacher(tiny_run):
+    config, workdir, results = tiny_run
+    config = config.copy_and_resolve_references()
+    config.init_from = str(workdir / "gen_0")
+    model, fresh = _fresh_variables(config)
+    variables = init_from.load_variables(config, fresh)
+    run_ = selftrain.Run(config, workdir)
+    test = run_.test(variables)
+    assert test["pck@0.1"] == results["generations"][0]["test"]["pck@0.1"]
+
+
+def test_init_from_an_official_checkpoint_file(tiny_run, tmp_path):
+    config, _, _ = tiny_run
+    config = config.copy_and_resolve_references()
+    model, original = _fresh_variables(config)
+    state_dict = convert.cats_to_torch(model, original)
+    # An official checkpoint also holds entries the model never uses; the converter wants them.
+    for key in ("decoder.norm.weight", "decoder.norm.bias", "feature_extraction.backbone.fc.bias"):
+        state_dict[key] = np.zeros(1, np.float32)
+    state_dict["feature_extraction.backbone.fc.weight"] = np.zeros((1, 1), np.float32)
+    path = tmp_path / "cats.npz"
+    np.savez(path, **state_dict)
+    config.init_from = str(path)
+    _, fresh = _fresh_variables(config)
+    loaded = init_from.load_variables(config, jax.tree.map(jnp.zeros_like, fresh))
+    jax.tree.map(np.testing.assert_array_equal, loaded, jax.device_get(original))
+
+
+def test_init_from_a_checkpoint_of_another_model_is_refused(tiny_run, tmp_path):
+    config, workdir, _ = tiny_run
+    config = config.copy_and_resolve_references()
+    config.init_from = str(workdir / "gen_0")
+    config.model.feature_proj_dim = 8
+    _, fresh = _fresh_variables(config)
+    with pytest.raises(ValueError, match="does not fit config.model"):
+        init_from.load_variables(config, fresh)

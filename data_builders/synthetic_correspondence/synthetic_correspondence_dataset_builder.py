@@ -83,7 +83,9 @@ class SyntheticCorrespondence(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         SyntheticCorrespondenceConfig(
             name="default",
-            description="~1 minute build: 200 train, 2000 unlabeled, 100 val, 400 test, 112-160 px.",
+            description=(
+                "~1 minute build: 200 train, 2000 unlabeled, 100 val, 400 test pairs, 112-160 px."
+            ),
         ),
         SyntheticCorrespondenceConfig(
             name="tiny",
