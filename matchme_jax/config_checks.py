@@ -8,7 +8,7 @@ import ml_collections
 from matchme_jax.data.augment import AugmentStrength
 from matchme_jax.data.unlabeled import UNLABELED_PAIRS
 
-MODES = ("selftrain", "train")
+MODES = ("selftrain", "train", "evaluate")
 CONFIG_FILE = "config.json"
 # Fields that change how a run is carried out, not what it computes.
 HARMLESS_FIELDS = (
@@ -33,6 +33,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     st, tr, ds = config.selftrain, config.train, config.dataset
     need(config.mode in MODES, "mode", f"use one of {MODES}")
+    need(
+        config.mode != "evaluate" or bool(config.init_from),
+        "mode",
+        "'evaluate' needs config.init_from (a W/gen_<g> folder or an official checkpoint)",
+    )
     need(0.0 <= st.tau <= 1.0, "selftrain.tau", "a confidence in [0, 1]")
     need(st.generations >= 0, "selftrain.generations", "0 or more")
     need(st.query in ("bbox", "all"), "selftrain.query", "'bbox' or 'all'")

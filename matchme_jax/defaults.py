@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     """Every field a run reads; experiment configs override what differs."""
     config = ml_collections.ConfigDict()
     config.seed = 2021
-    # selftrain: teacher then students | train: generation 0 only | evaluate: test a checkpoint.
+    # selftrain: teacher then students | train: generation 0 only | evaluate: test init_from.
     config.mode = "selftrain"
     # A checkpoint to start generation 0 from (ours, or an official .pth/.npz/.safetensors).
     config.init_from = config_dict.placeholder(str)

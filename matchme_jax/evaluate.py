@@ -70,3 +70,23 @@ def evaluate(
         result[f"mean_over_categories@{alpha:g}"] = r["mean_over_categories"]
         result["num_pairs"] = r["num_pairs"]
     return result
+
+
+def markdown_table(result: dict, alphas: Sequence[float], category_names: Sequence[str]) -> str:
+    """PCK (percent) per category, over all pairs and averaged over categories, as Markdown."""
+    header = "| | " + " | ".join(f"PCK@{a:g}" for a in alphas) + " |"
+    lines = [header, "|---" * (len(alphas) + 1) + "|"]
+    for name in category_names:
+        cells = [result[f"per_category@{a:g}"].get(name) for a in alphas]
+        lines.append(
+            f"| {name} | " + " | ".join("-" if c is None else f"{c:.2f}" for c in cells) + " |"
+        )
+    lines.append(
+        "| **all pairs** | " + " | ".join(f"{result[f'pck@{a:g}']:.2f}" for a in alphas) + " |"
+    )
+    lines.append(
+        "| **mean over categories** | "
+        + " | ".join(f"{result[f'mean_over_categories@{a:g}']:.2f}" for a in alphas)
+        + " |"
+    )
+    return "\n".join(lines)

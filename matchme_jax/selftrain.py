@@ -183,8 +183,10 @@ def run(config, workdir: str | Path) -> dict:
     config_checks.validate(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    config_checks.check_workdir(config, workdir)
     logging.info("Devices: %s", jax.devices())
+    if config.mode == "evaluate":
+        return evaluate_checkpoint(Run(config, workdir))
+    config_checks.check_workdir(config, workdir)
     run_ = Run(config, workdir)
     generations = config.selftrain.generations if config.mode == "selftrain" else 0
     results = {"generations": []}
@@ -232,6 +234,21 @@ def run(config, workdir: str | Path) -> dict:
     (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1))
     print(format_table(results))
     return results
+
+
+def evaluate_checkpoint(run_: Run) -> dict:
+    """Tests `config.init_from`; writes W/eval/<dataset>_<split>.{json,md}."""
+    config = run_.config
+    result = run_.test(run_.init_variables)
+    result["checkpoint"] = config.init_from
+    name = f"{config.dataset.name}_{config.dataset.test_split}"
+    table = evaluate.markdown_table(result, config.eval.alphas, run_.categories)
+    out = run_.workdir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{name}.md").write_text(f"# {name}: {config.init_from}\n\n{table}\n")
+    print(table)
+    return result
 
 
 def format_table(results: dict) -> str:

@@ -69,15 +69,17 @@ def _fresh_variables(config):
     return model, model.init(jax.random.key(1), source=images, target=images)
 
 
-def test_init_from_our_checkpoint_restores_the_teacher(tiny_run):
+def test_evaluate_mode_tests_our_checkpoint(tiny_run, tmp_path):
     config, workdir, results = tiny_run
     config = config.copy_and_resolve_references()
+    config.mode = "evaluate"
     config.init_from = str(workdir / "gen_0")
-    model, fresh = _fresh_variables(config)
-    variables = init_from.load_variables(config, fresh)
-    run_ = selftrain.Run(config, workdir)
-    test = run_.test(variables)
-    assert test["pck@0.1"] == results["generations"][0]["test"]["pck@0.1"]
+    result = selftrain.run(config, tmp_path)
+    assert result["pck@0.1"] == results["generations"][0]["test"]["pck@0.1"]
+    saved = json.loads((tmp_path / "eval" / "synthetic_correspondence_test.json").read_text())
+    assert saved["pck@0.1"] == result["pck@0.1"]
+    table = (tmp_path / "eval" / "synthetic_correspondence_test.md").read_text()
+    assert "| fish |" in table and "**mean over categories**" in table
 
 
 def test_init_from_an_official_checkpoint_file(tiny_run, tmp_path):
