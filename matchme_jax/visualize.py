@@ -1,0 +1,313 @@
+"""Pictures: keypoint matches of a model on a few pairs, and PCK per self-training generation.
+
+`draw_matches` puts the source (left) and the target (right) side by side and joins each target
+keypoint to the source point the model transfers it to, in `CORRECT_COLOUR` when the official PCK
+counts it correct and in `WRONG_COLOUR` otherwise. Filled dots are the target keypoint and the
+predicted source point; a hollow ring of the same colour is the true source point, joined to the
+prediction by a thin line (the error). `save_match_pictures` runs a model's flow function on the
+first pairs of a split and writes one PNG per pair; `plot_generations` plots a results.json.
+"""
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
+
+from matchme_jax import evaluate, metrics
+from matchme_jax.data import pipeline
+from matchme_jax.data.augment import normalize_uint8
+
+# Okabe-Ito bluish green and vermillion: told apart with the common colour-vision deficiencies.
+CORRECT_COLOUR = (0, 158, 115)
+WRONG_COLOUR = (213, 94, 0)
+
+
+def _check_image(name: str, image: np.ndarray) -> None:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"draw_matches: {name} must be uint8 [H, W, 3], got {image.dtype} {image.shape}; "
+            "pass the prepared canvas images, not normalised float ones."
+        )
+
+
+def _check_points(points: Mapping[str, np.ndarray], flags: Mapping[str, np.ndarray]) -> None:
+    num = len(flags["mask"])
+    for name, value in flags.items():
+        if value.shape != (num,) or value.dtype != np.bool_:
+            raise ValueError(
+                f"draw_matches: {name} must be a bool [K] array, got {value.dtype} {value.shape}."
+            )
+    for name, value in points.items():
+        if value.shape != (num, 2):
+            raise ValueError(
+                f"draw_matches: {name} must be [K, 2] (x, y) with K={num} like mask, "
+                f"got shape {value.shape}."
+            )
+        if not np.isfinite(value[flags["mask"]]).all():
+            raise ValueError(f"draw_matches: {name} has non-finite masked-in points.")
+
+
+def _side_by_side(source_image: np.ndarray, target_image: np.ndarray, scale: int) -> Image.Image:
+    """Source left, target right, on black where the heights differ, upscaled by `scale`."""
+    height = max(source_image.shape[0], target_image.shape[0])
+    canvas = np.zeros((height, source_image.shape[1] + target_image.shape[1], 3), np.uint8)
+    canvas[: source_image.shape[0], : source_image.shape[1]] = source_image
+    canvas[: target_image.shape[0], source_image.shape[1] :] = target_image
+    picture = Image.fromarray(canvas)
+    # Nearest neighbour keeps the pixels the model saw visible in a small canvas.
+    return picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+
+
+def _dot(draw: ImageDraw.ImageDraw, centre: np.ndarray, radius: int, colour, filled: bool) -> None:
+    x, y = centre
+    box = (x - radius, y - radius, x + radius, y + radius)
+    if filled:
+        # A white rim keeps the dot visible on image regions of its own hue.
+        draw.ellipse(box, fill=colour, outline=(255, 255, 255))
+    else:
+        draw.ellipse(box, outline=colour, width=max(1, radius // 2))
+
+
+def draw_matches(
+    source_image: np.ndarray,
+    target_image: np.ndarray,
+    predicted_source_kps: np.ndarray,
+    true_source_kps: np.ndarray,
+    target_kps: np.ndarray,
+    mask: np.ndarray,
+    correct: np.ndarray,
+    *,
+    scale: int = 1,
+    line_width: int = 2,
+    radius: int = 3,
+) -> np.ndarray:
+    """Source and target side by side, each target keypoint joined to its predicted source point.
+
+    Only masked-in keypoints are drawn. Lines and dots are in `CORRECT_COLOUR` where `correct`
+    and `WRONG_COLOUR` elsewhere; see the module docstring for the markers.
+
+    Args:
+      source_image: [Hs, Ws, 3] uint8.
+      target_image: [Ht, Wt, 3] uint8.
+      predicted_source_kps: [K, 2] (x, y) source pixels the model transfers the target points to.
+      true_source_kps: [K, 2] (x, y) ground-truth source pixels.
+      target_kps: [K, 2] (x, y) target pixels.
+      mask: [K] bool, True for real keypoints.
+      correct: [K] bool, e.g. from `metrics.correct_keypoints`.
+      scale: integer upscaling of the images (nearest neighbour), so that small canvases are
+        readable; keypoints are scaled with them, line width and radius are not.
+      line_width: width in output pixels of the target -> prediction lines.
+      radius: radius in output pixels of the dots.
+
+    Returns:
+      [max(Hs, Ht) * scale, (Ws + Wt) * scale, 3] uint8.
+    """
+    source_image, target_image = np.asarray(source_image), np.asarray(target_image)
+    _check_image("source_image", source_image)
+    _check_image("target_image", target_image)
+    points = {
+        "predicted_source_kps": np.asarray(predicted_source_kps, np.float64),
+        "true_source_kps": np.asarray(true_source_kps, np.float64),
+        "target_kps": np.asarray(target_kps, np.float64),
+    }
+    flags = {"mask": np.asarray(mask), "correct": np.asarray(correct)}
+    _check_points(points, flags)
+    if not isinstance(scale, int | np.integer) or scale < 1:
+        raise ValueError(f"draw_matches: scale must be a positive int, got {scale!r}.")
+
+    picture = _side_by_side(source_image, target_image, scale)
+    draw = ImageDraw.Draw(picture)
+    predicted = points["predicted_source_kps"] * scale
+    true = points["true_source_kps"] * scale
+    # The target panel starts where the source image ends.
+    target = (points["target_kps"] + [source_image.shape[1], 0]) * scale
+    chosen = np.flatnonzero(flags["mask"])
+    colours = {k: CORRECT_COLOUR if flags["correct"][k] else WRONG_COLOUR for k in chosen}
+    # All lines first, so that no line hides a dot.
+    for k in chosen:
+        draw.line([tuple(target[k]), tuple(predicted[k])], fill=colours[k], width=line_width)
+        draw.line([tuple(predicted[k]), tuple(true[k])], fill=colours[k], width=1)
+    for k in chosen:
+        _dot(draw, true[k], radius + 1, colours[k], filled=False)
+        _dot(draw, predicted[k], radius, colours[k], filled=True)
+        _dot(draw, target[k], radius, colours[k], filled=True)
+    return np.asarray(picture)
+
+
+def make_flow_fn(model) -> Callable:
+    """`flow_fn(variables, batch) -> flow [B, h, w, 2]`, jitted, for `save_match_pictures`.
+
+    `batch` is a `pipeline.device_batch` (uint8 canvas images); the images are normalised here
+    as in `evaluate.make_eval_step`, and the model runs in inference mode.
+    """
+
+    def flow_fn(variables, batch):
+        return model.apply(
+            variables,
+            source=normalize_uint8(batch["source_image"]),
+            target=normalize_uint8(batch["target_image"]),
+            train=False,
+        )
+
+    return jax.jit(flow_fn)
+
+
+def _correct_keypoints(
+    predicted: jax.Array, batch: Mapping[str, np.ndarray], image_size: int, eval_cfg, alpha: float
+) -> np.ndarray:
+    """[B, K] bool: the official PCK's verdict per keypoint, with `eval_cfg.threshold`."""
+    if eval_cfg.threshold == "bbox":
+        threshold = metrics.bbox_threshold(jnp.asarray(batch["source_bbox"]))
+    else:
+        threshold = metrics.img_threshold(image_size)
+    return np.asarray(
+        metrics.correct_keypoints(
+            predicted,
+            jnp.asarray(batch["source_keypoints"]),
+            jnp.asarray(batch["keypoint_mask"]),
+            threshold,
+            alpha,
+        )
+    )
+
+
+def _pair_file_name(index: int, category: int, category_names: Sequence[str] | None) -> str:
+    name = category_names[category] if category_names is not None else f"category{category}"
+    return f"{index:05d}_{re.sub(r'[^A-Za-z0-9_-]+', '_', str(name))}.png"
+
+
+def save_match_pictures(
+    flow_fn: Callable,
+    variables,
+    source,
+    dataset_cfg,
+    eval_cfg,
+    directory: str | Path,
+    *,
+    num_pairs: int = 8,
+    alpha: float = 0.1,
+    category_names: Sequence[str] | None = None,
+    min_side: int = 256,
+) -> list[Path]:
+    """Writes `<directory>/<index>_<category>.png` for the first `num_pairs` pairs of `source`.
+
+    The pairs go through the evaluation pipeline (`pipeline.padded_batches` with
+    `eval_cfg.batch_size`), the target keypoints are transferred with
+    `eval_cfg.flow_to_keypoints`, and a match is correct by the official PCK at `alpha` with
+    `eval_cfg.threshold`, exactly as `evaluate.evaluate` counts it.
+
+    Args:
+      flow_fn: `flow_fn(variables, batch) -> flow [B, h, w, 2]` on the target grid pointing into
+        the source, `batch` a `pipeline.device_batch` with uint8 images (see `make_flow_fn`).
+      variables: the model variables passed to `flow_fn`.
+      source: a random-access split, e.g. `sources.open_split(dataset_cfg, split)`.
+      dataset_cfg: `config.dataset` (image_size, max_keypoints, num_workers).
+      eval_cfg: `config.eval` (batch_size, threshold, flow_to_keypoints).
+      directory: output folder, created if needed, e.g. W/eval/matches.
+      num_pairs: how many pairs to draw (fewer if the split is smaller).
+      alpha: the PCK fraction that decides the colour of a match.
+      category_names: names indexed by category id, for the file names.
+      min_side: the canvas is upscaled by an integer factor to at least this many pixels.
+
+    Returns:
+      The paths written, in split order.
+    """
+    if eval_cfg.threshold not in evaluate.THRESHOLDS:
+        raise ValueError(
+            f"config.eval.threshold={eval_cfg.threshold!r}: use one of {evaluate.THRESHOLDS}."
+        )
+    if num_pairs < 1:
+        raise ValueError(f"save_match_pictures: num_pairs must be >= 1, got {num_pairs}.")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    image_size = dataset_cfg.image_size
+    scale = max(1, math.ceil(min_side / image_size))
+    written = []
+    for batch in pipeline.padded_batches(source, dataset_cfg, batch_size=eval_cfg.batch_size):
+        flow = flow_fn(variables, pipeline.device_batch(batch))
+        predicted = metrics.flow_to_keypoints(
+            flow, jnp.asarray(batch["target_keypoints"]), image_size, eval_cfg.flow_to_keypoints
+        )
+        correct = _correct_keypoints(predicted, batch, image_size, eval_cfg, alpha)
+        predicted = np.asarray(predicted)
+        for i in np.flatnonzero(batch["valid"]):
+            picture = draw_matches(
+                batch["source_image"][i],
+                batch["target_image"][i],
+                predicted[i],
+                batch["source_keypoints"][i],
+                batch["target_keypoints"][i],
+                batch["keypoint_mask"][i],
+                correct[i],
+                scale=scale,
+            )
+            name = _pair_file_name(
+                int(batch["index"][i]), int(batch["category"][i]), category_names
+            )
+            Image.fromarray(picture).save(directory / name)
+            written.append(directory / name)
+            if len(written) == num_pairs:
+                return written
+    return written
+
+
+def _series(generations: Sequence[Mapping], section: str, key: str) -> list[float]:
+    """One value per generation, NaN where the generation has none (a gap in the line)."""
+    values = []
+    for record in generations:
+        value = (record.get(section) or {}).get(key)
+        values.append(math.nan if value is None else float(value))
+    return values
+
+
+def plot_generations(
+    results: Mapping, path: str | Path, alphas: Sequence[float] = (0.05, 0.1, 0.15)
+) -> Path:
+    """Plots test PCK and pseudo-label precision@0.1 (percent) against generation, as a PNG.
+
+    Args:
+      results: the content of W/results.json: {"generations": [{"generation": int,
+        "test": {"pck@0.1": float, ...}, "pseudo_labels": {"precision@0.1": float} or None}]}.
+      path: the PNG to write, e.g. W/pck_per_generation.png.
+      alphas: the PCK fractions to plot, each a "pck@<alpha>" key of every "test".
+
+    Returns:
+      `path`.
+    """
+    generations = results.get("generations") if isinstance(results, Mapping) else None
+    if not generations:
+        raise ValueError(
+            "plot_generations: results has no 'generations'; pass the dict of a "
+            "self-training run's W/results.json after at least one generation."
+        )
+    x = [int(record["generation"]) for record in generations]
+    figure = Figure(figsize=(6.4, 4.0), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for alpha in alphas:
+        key = f"pck@{alpha:g}"
+        missing = [g for g, record in zip(x, generations, strict=True) if key not in record["test"]]
+        if missing:
+            raise ValueError(f"plot_generations: no test {key!r} for generations {missing}.")
+        axes.plot(x, _series(generations, "test", key), marker="o", label=f"test PCK@{alpha:g}")
+    precision = _series(generations, "pseudo_labels", "precision@0.1")
+    if not all(math.isnan(p) for p in precision):
+        axes.plot(x, precision, marker="s", linestyle="--", label="pseudo-label precision@0.1")
+    axes.set_xlabel("generation (0 = teacher)")
+    axes.set_ylabel("percent")
+    axes.set_xticks(x)
+    axes.set_ylim(0.0, 100.0)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize="small")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
