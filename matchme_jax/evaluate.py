@@ -19,10 +19,21 @@ from matchme_jax.data.augment import normalize_uint8
 THRESHOLDS = ("bbox", "img")
 
 
-def make_eval_step(model, dataset_cfg, eval_cfg) -> Callable:
-    """`eval_step(variables, batch) -> per-pair PCK [len(alphas), B]` (fractions), jitted."""
+def check_threshold(eval_cfg) -> None:
     if eval_cfg.threshold not in THRESHOLDS:
         raise ValueError(f"config.eval.threshold={eval_cfg.threshold!r}: use one of {THRESHOLDS}.")
+
+
+def pck_threshold(source_bbox: jax.Array, mode: str, image_size: int) -> jax.Array:
+    """[B] threshold before alpha: the source box's larger side ("bbox"), or the image ("img")."""
+    if mode == "bbox":
+        return metrics.bbox_threshold(source_bbox)
+    return jnp.full(source_bbox.shape[:1], metrics.img_threshold(image_size), jnp.float32)
+
+
+def make_eval_step(model, dataset_cfg, eval_cfg) -> Callable:
+    """`eval_step(variables, batch) -> per-pair PCK [len(alphas), B]` (fractions), jitted."""
+    check_threshold(eval_cfg)
     image_size = dataset_cfg.image_size
     alphas = tuple(float(a) for a in eval_cfg.alphas)
 
@@ -36,10 +47,7 @@ def make_eval_step(model, dataset_cfg, eval_cfg) -> Callable:
         predicted = metrics.flow_to_keypoints(
             flow, batch["target_keypoints"], image_size, mode=eval_cfg.flow_to_keypoints
         )
-        if eval_cfg.threshold == "bbox":
-            threshold = metrics.bbox_threshold(batch["source_bbox"])
-        else:
-            threshold = jnp.full(flow.shape[:1], metrics.img_threshold(image_size), jnp.float32)
+        threshold = pck_threshold(batch["source_bbox"], eval_cfg.threshold, image_size)
         mask = batch["keypoint_mask"]
         return jnp.stack(
             [metrics.pck(predicted, batch["source_keypoints"], mask, threshold, a) for a in alphas]

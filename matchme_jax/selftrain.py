@@ -19,7 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from matchme_jax import annotate, checkpoint, config_checks, evaluate, init_from, parallel
+from matchme_jax import (
+    annotate,
+    checkpoint,
+    config_checks,
+    evaluate,
+    init_from,
+    parallel,
+    visualize,
+)
 from matchme_jax.data import pipeline, sources, unlabeled
 from matchme_jax.data.augment import AugmentStrength
 from matchme_jax.models import build_model
@@ -29,6 +37,7 @@ from matchme_jax.train.step import TrainStep
 
 RESULTS_FILE = "results.json"
 SUMMARY_FILE = "summary.json"
+PLOT_FILE = "pck_per_generation.png"
 
 
 class Run:
@@ -232,6 +241,7 @@ def run(config, workdir: str | Path) -> dict:
         teacher = variables
     results["train_step_compilations"] = run_.train_step.trace_count
     (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1))
+    visualize.plot_generations(results, workdir / PLOT_FILE)
     print(format_table(results))
     return results
 
@@ -247,6 +257,15 @@ def evaluate_checkpoint(run_: Run) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     (out / f"{name}.md").write_text(f"# {name}: {config.init_from}\n\n{table}\n")
+    visualize.save_match_pictures(
+        visualize.make_flow_fn(run_.model),
+        run_.init_variables,
+        run_.test_source,
+        config.dataset,
+        config.eval,
+        out / "matches",
+        category_names=run_.categories,
+    )
     print(table)
     return result
 

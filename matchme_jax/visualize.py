@@ -163,10 +163,9 @@ def _correct_keypoints(
     predicted: jax.Array, batch: Mapping[str, np.ndarray], image_size: int, eval_cfg, alpha: float
 ) -> np.ndarray:
     """[B, K] bool: the official PCK's verdict per keypoint, with `eval_cfg.threshold`."""
-    if eval_cfg.threshold == "bbox":
-        threshold = metrics.bbox_threshold(jnp.asarray(batch["source_bbox"]))
-    else:
-        threshold = metrics.img_threshold(image_size)
+    threshold = evaluate.pck_threshold(
+        jnp.asarray(batch["source_bbox"]), eval_cfg.threshold, image_size
+    )
     return np.asarray(
         metrics.correct_keypoints(
             predicted,
@@ -219,10 +218,7 @@ def save_match_pictures(
     Returns:
       The paths written, in split order.
     """
-    if eval_cfg.threshold not in evaluate.THRESHOLDS:
-        raise ValueError(
-            f"config.eval.threshold={eval_cfg.threshold!r}: use one of {evaluate.THRESHOLDS}."
-        )
+    evaluate.check_threshold(eval_cfg)
     if num_pairs < 1:
         raise ValueError(f"save_match_pictures: num_pairs must be >= 1, got {num_pairs}.")
     directory = Path(directory)

@@ -46,6 +46,7 @@ def test_one_checkpoint_directory_per_generation(tiny_run):
         steps = sorted(p.name for p in (workdir / f"gen_{g}" / "checkpoints").iterdir())
         assert str(config.train.steps) in steps
     assert (workdir / "gen_1" / "pseudo" / "pseudo_labels.npz").exists()
+    assert (workdir / selftrain.PLOT_FILE).stat().st_size > 0
 
 
 def test_students_reuse_the_teachers_compiled_step(tiny_run):
@@ -80,6 +81,7 @@ def test_evaluate_mode_tests_our_checkpoint(tiny_run, tmp_path):
     assert saved["pck@0.1"] == result["pck@0.1"]
     table = (tmp_path / "eval" / "synthetic_correspondence_test.md").read_text()
     assert "| fish |" in table and "**mean over categories**" in table
+    assert len(list((tmp_path / "eval" / "matches").glob("*.png"))) == 8  # the first 8 pairs
 
 
 def test_init_from_an_official_checkpoint_file(tiny_run, tmp_path):
