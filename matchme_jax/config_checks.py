@@ -7,6 +7,7 @@ import ml_collections
 
 from matchme_jax.data.augment import AugmentStrength
 from matchme_jax.data.unlabeled import UNLABELED_PAIRS
+from matchme_jax.evaluate import THRESHOLDS
 
 MODES = ("selftrain", "train", "evaluate")
 CONFIG_FILE = "config.json"
@@ -61,6 +62,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in ("steps", "batch_size", "log_every", "checkpoint_every"):
         need(tr[field] >= 1, f"train.{field}", "1 or more")
     need(config.eval.batch_size >= 1, "eval.batch_size", "1 or more")
+    need(config.eval.threshold in THRESHOLDS, "eval.threshold", f"one of {THRESHOLDS}")
     need(all(a > 0 for a in config.eval.alphas), "eval.alphas", "positive fractions")
     for role in ("teacher", "student"):
         try:

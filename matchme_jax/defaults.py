@@ -128,7 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             batch_size=16,
             alphas=(0.05, 0.1, 0.15),
-            threshold="bbox",  # bbox | img
+            threshold="bbox",  # bbox | img | bbox_kp | willow_cats (see matchme_jax/evaluate.py)
             flow_to_keypoints="official",  # official | bilinear
         )
     )

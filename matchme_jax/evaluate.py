@@ -16,7 +16,12 @@ from matchme_jax import metrics
 from matchme_jax.data import pipeline
 from matchme_jax.data.augment import normalize_uint8
 
-THRESHOLDS = ("bbox", "img")
+# bbox: the source box's larger side (SPair-71k); img: the image side (PF-PASCAL); bbox_kp: the
+# source keypoints' extent (CATs++'s PF-WILLOW `bbox-kp`); willow_cats: the official CATs PF-WILLOW
+# quirk, max(max_x, max_y) + 1 of the source keypoints.
+THRESHOLDS = ("bbox", "img", "bbox_kp", "willow_cats")
+# Target keypoints are transferred to the source and compared with its annotation, as officially.
+DIRECTION = "target->source"
 
 
 def check_threshold(eval_cfg) -> None:
@@ -24,11 +29,16 @@ def check_threshold(eval_cfg) -> None:
         raise ValueError(f"config.eval.threshold={eval_cfg.threshold!r}: use one of {THRESHOLDS}.")
 
 
-def pck_threshold(source_bbox: jax.Array, mode: str, image_size: int) -> jax.Array:
-    """[B] threshold before alpha: the source box's larger side ("bbox"), or the image ("img")."""
+def pck_threshold(batch, mode: str, image_size: int) -> jax.Array:
+    """[B] PCK threshold before alpha, in the evaluated frame (see `THRESHOLDS`)."""
     if mode == "bbox":
-        return metrics.bbox_threshold(source_bbox)
-    return jnp.full(source_bbox.shape[:1], metrics.img_threshold(image_size), jnp.float32)
+        return metrics.bbox_threshold(batch["source_bbox"])
+    if mode == "bbox_kp":
+        return metrics.bbox_kp_threshold(batch["source_keypoints"], batch["keypoint_mask"])
+    if mode == "willow_cats":
+        return metrics.willow_cats_threshold(batch["source_keypoints"], batch["keypoint_mask"])
+    batch_size = batch["source_bbox"].shape[0]
+    return jnp.full((batch_size,), metrics.img_threshold(image_size), jnp.float32)
 
 
 def make_eval_step(model, dataset_cfg, eval_cfg) -> Callable:
@@ -47,7 +57,7 @@ def make_eval_step(model, dataset_cfg, eval_cfg) -> Callable:
         predicted = metrics.flow_to_keypoints(
             flow, batch["target_keypoints"], image_size, mode=eval_cfg.flow_to_keypoints
         )
-        threshold = pck_threshold(batch["source_bbox"], eval_cfg.threshold, image_size)
+        threshold = pck_threshold(batch, eval_cfg.threshold, image_size)
         mask = batch["keypoint_mask"]
         return jnp.stack(
             [metrics.pck(predicted, batch["source_keypoints"], mask, threshold, a) for a in alphas]
@@ -77,6 +87,8 @@ def evaluate(
         result[f"per_category@{alpha:g}"] = r["per_category"]
         result[f"mean_over_categories@{alpha:g}"] = r["mean_over_categories"]
         result["num_pairs"] = r["num_pairs"]
+    result["threshold"] = eval_cfg.threshold
+    result["direction"] = DIRECTION
     return result
 
 

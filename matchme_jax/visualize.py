@@ -164,7 +164,7 @@ def _correct_keypoints(
 ) -> np.ndarray:
     """[B, K] bool: the official PCK's verdict per keypoint, with `eval_cfg.threshold`."""
     threshold = evaluate.pck_threshold(
-        jnp.asarray(batch["source_bbox"]), eval_cfg.threshold, image_size
+        {k: jnp.asarray(v) for k, v in batch.items()}, eval_cfg.threshold, image_size
     )
     return np.asarray(
         metrics.correct_keypoints(

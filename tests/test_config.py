@@ -25,7 +25,12 @@ def load(spec: str):
 @pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize("arg", ["", "tiny"])
 def test_every_config_and_its_tiny_variant_validate(name, arg):
-    config_checks.validate(load(f"{name}:{arg}" if arg else name))
+    config = load(f"{name}:{arg}" if arg else name)
+    if config.mode == "evaluate":  # an evaluation needs a checkpoint
+        with pytest.raises(ValueError, match="needs config.init_from"):
+            config_checks.validate(config)
+        config.init_from = "/some/checkpoint"
+    config_checks.validate(config)
 
 
 def test_bad_values_are_listed_in_one_error():

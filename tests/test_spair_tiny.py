@@ -1,4 +1,5 @@
-"""`configs/spair.py:tiny` trains and self-trains on the SPair-71k builder's dummy data."""
+"""The real-benchmark configs on their builders' dummy data: SPair-71k self-training and
+evaluation, and a PF-PASCAL model evaluated on PF-WILLOW."""
 
 import json
 
@@ -21,3 +22,24 @@ def test_spair_tiny_trains_a_teacher_and_a_student(tmp_path, tfds_dir):
     assert stats["pairs_annotated"] == config.selftrain.num_unlabeled_pairs
     assert "precision@0.1" not in stats
     assert student["pseudo_labels"]["points"] >= 1
+
+    # The evaluation command on the same data, from the student's checkpoint.
+    config.mode = "evaluate"
+    config.init_from = str(tmp_path / "gen_1")
+    result = selftrain.run(config, tmp_path / "eval_run")
+    assert result["pck@0.1"] == student["test"]["pck@0.1"]
+    assert (tmp_path / "eval_run" / "eval" / "spair71k_test.md").exists()
+
+
+def test_pf_pascal_model_is_evaluated_on_pf_willow(tmp_path, tfds_dir):
+    config = load("pfpascal.py:tiny")
+    config.dataset.data_dir = tfds_dir
+    config.mode = "train"  # the teacher alone
+    selftrain.run(config, tmp_path / "pascal")
+    willow = load("pfwillow.py:tiny")
+    willow.dataset.data_dir = tfds_dir
+    willow.init_from = str(tmp_path / "pascal" / "gen_0")
+    result = selftrain.run(willow, tmp_path / "willow")
+    assert result["threshold"] == "willow_cats" and result["direction"] == "target->source"
+    saved = json.loads((tmp_path / "willow" / "eval" / "pf_willow_test.json").read_text())
+    assert saved["num_pairs"] == result["num_pairs"] > 0
