@@ -18,7 +18,10 @@ class GenerationCheckpoints:
         self.directory = Path(generation_dir).absolute() / "checkpoints"
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            # A kill mid-save leaves a temporary step folder; it is never a checkpoint to resume.
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
+            ),
         )
 
     def latest_step(self) -> int | None:

@@ -11,6 +11,7 @@ A finished generation is never redone: rerunning the same command continues wher
 """
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -173,6 +174,13 @@ def _pseudo_labels(run: Run, generation: int, teacher) -> tuple[dict, dict, obje
     return pseudo, stats, subset.source
 
 
+def _write_json(path: Path, content: dict) -> None:
+    """Writes `path` whole or not at all: a run killed meanwhile leaves the old file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content, indent=1))
+    os.replace(tmp, path)
+
+
 def _public_stats(stats: dict | None) -> dict | None:
     if stats is None:
         return None
@@ -233,14 +241,14 @@ def run(config, workdir: str | Path) -> dict:
                 "train_steps": config.train.steps,
                 "wall_time_s": round(time.perf_counter() - start, 1),
             }
-            summary_path.write_text(json.dumps(summary, indent=1))
+            _write_json(summary_path, summary)
         results["generations"].append(
             {k: summary[k] for k in ("generation", "role", "test", "pseudo_labels")}
         )
-        (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1))
+        _write_json(workdir / RESULTS_FILE, results)
         teacher = variables
     results["train_step_compilations"] = run_.train_step.trace_count
-    (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1))
+    _write_json(workdir / RESULTS_FILE, results)
     visualize.plot_generations(results, workdir / PLOT_FILE)
     print(format_table(results))
     return results
