@@ -4,6 +4,9 @@ For every target feature cell the teacher predicts a source point (its flow) and
 (the peak probability of its soft-argmax distribution over source cells). Cells with confidence
 >= tau (inside the target box, by default) become pseudo keypoint pairs, stored in original-image
 pixels so that the student's augmentation moves them exactly like ground truth.
+
+The same annotation pass also answers what tau would have kept: the count and precision of the
+pseudo points at tau = 0.1 ... 0.9 (`sweep_tau`, written by `save_tau_sweep`).
 """
 
 import json
@@ -14,6 +17,8 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from matchme_jax.data import pipeline
 from matchme_jax.data.augment import normalize_uint8
@@ -21,6 +26,9 @@ from matchme_jax.data.augment import normalize_uint8
 PSEUDO_FILE = "pseudo_labels.npz"
 STATS_FILE = "stats.json"
 QUERIES = ("bbox", "all")
+SWEEP_TAUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+TAU_SWEEP_FILE = "tau_sweep.json"
+TAU_SWEEP_PLOT = "tau_sweep.png"
 
 
 def make_annotate_step(model) -> Callable:
@@ -59,6 +67,52 @@ def cell_correspondences(flow: np.ndarray, image_size: int) -> tuple[np.ndarray,
     return target.astype(np.float32), source.astype(np.float32)
 
 
+def candidate_cells(
+    target_points: np.ndarray,
+    source_points: np.ndarray,
+    target_bbox: np.ndarray,
+    *,
+    query: str,
+    image_size: int,
+) -> np.ndarray:
+    """Cells that may become pseudo points at some tau: [B, h*w] bool.
+
+    A cell is a candidate when it is queried (inside the target box for query="bbox") and its
+    source point lies in the canvas.
+
+    Args:
+      target_points, source_points: [B, h*w, 2] (x, y) canvas pixels.
+      target_bbox: [B, 4] (x0, y0, x1, y1) canvas pixels.
+    """
+    if query not in QUERIES:
+        raise ValueError(f"config.selftrain.query={query!r}: use one of {QUERIES}.")
+    candidates = np.all((source_points >= 0) & (source_points <= image_size - 1), axis=-1)
+    if query == "bbox":
+        x, y = target_points[..., 0], target_points[..., 1]
+        box = target_bbox[:, None, :]
+        inside = (x >= box[..., 0]) & (x <= box[..., 2]) & (y >= box[..., 1]) & (y <= box[..., 3])
+        candidates &= inside
+    return candidates
+
+
+def keep_most_confident(
+    confidence: np.ndarray, candidates: np.ndarray, *, tau: float, max_points: int
+) -> np.ndarray:
+    """Candidates with confidence >= tau, at most the `max_points` most confident per pair.
+
+    Args:
+      confidence, candidates: [B, N].
+    Returns:
+      [B, N] bool.
+    """
+    keep = candidates & (confidence >= tau)
+    # Rank the kept cells by confidence and drop all but the first max_points.
+    ranked = np.argsort(np.where(keep, -confidence, np.inf), axis=1, kind="stable")
+    rank = np.empty_like(ranked)
+    np.put_along_axis(rank, ranked, np.arange(confidence.shape[1])[None], axis=1)
+    return keep & (rank < max_points)
+
+
 def select_points(
     confidence: np.ndarray,
     target_points: np.ndarray,
@@ -76,20 +130,11 @@ def select_points(
     query="bbox"), its source point lies in the canvas, and it is among the `max_points` most
     confident kept cells of its pair.
     """
-    if query not in QUERIES:
-        raise ValueError(f"config.selftrain.query={query!r}: use one of {QUERIES}.")
+    candidates = candidate_cells(
+        target_points, source_points, target_bbox, query=query, image_size=image_size
+    )
     conf = confidence.reshape(len(confidence), -1)
-    keep = conf >= tau
-    keep &= np.all((source_points >= 0) & (source_points <= image_size - 1), axis=-1)
-    if query == "bbox":
-        x, y = target_points[..., 0], target_points[..., 1]
-        box = target_bbox[:, None, :]
-        keep &= (x >= box[..., 0]) & (x <= box[..., 2]) & (y >= box[..., 1]) & (y <= box[..., 3])
-    # Rank the kept cells by confidence and drop all but the first max_points.
-    ranked = np.argsort(np.where(keep, -conf, np.inf), axis=1, kind="stable")
-    rank = np.empty_like(ranked)
-    np.put_along_axis(rank, ranked, np.arange(conf.shape[1])[None], axis=1)
-    return keep & (rank < max_points)
+    return keep_most_confident(conf, candidates, tau=tau, max_points=max_points)
 
 
 def _to_original(points: np.ndarray, size_hw: np.ndarray, image_size: int) -> np.ndarray:
@@ -137,33 +182,38 @@ def annotate_pairs(
       source_keypoints, target_keypoints [P, M, 2] float32: original pixels;
       confidence [P, M] float32; mask [P, M] bool.
     Where the examples carry the generator's dense truth, the statistics include the precision
-    of the kept points at 0.05 and 0.1 of the source box's larger side.
+    of the kept points at 0.05 and 0.1 of the source box's larger side. `stats["tau_sweep"]`
+    is what every tau of `SWEEP_TAUS` would have kept (`sweep_tau`), from this same pass.
     """
     image_size = dataset_cfg.image_size
     m = selftrain_cfg.max_pseudo_points
     rows = {k: [] for k in ("index", "source_keypoints", "target_keypoints", "confidence", "mask")}
     confidences, rel_errors = [], []
+    # Every example's cells before thresholding, for the tau sweep.
+    cells_seen = {"confidence": [], "candidates": [], "rel_error": []}
     examples = 0
     for batch in pipeline.padded_batches(
         source, dataset_cfg, batch_size=batch_size, extra_keys=pipeline.TRUTH_KEYS
     ):
         flow, conf = jax.device_get(annotate_step(variables, pipeline.device_batch(batch)))
         target_c, source_c = cell_correspondences(flow, image_size)
-        keep = select_points(
-            conf,
+        candidates = candidate_cells(
             target_c,
             source_c,
             batch["target_bbox"],
-            tau=selftrain_cfg.tau,
             query=selftrain_cfg.query,
-            max_points=m,
             image_size=image_size,
         )
+        conf = conf.reshape(len(conf), -1)
+        keep = keep_most_confident(conf, candidates, tau=selftrain_cfg.tau, max_points=m)
         target_o = _to_original(target_c, batch["target_size"], image_size)
         source_o = _to_original(source_c, batch["source_size"], image_size)
-        conf = conf.reshape(len(conf), -1)
         for b in np.flatnonzero(batch["valid"]):
             examples += 1
+            rel_error = _relative_truth_error(batch, b, target_o[b], source_o[b])
+            cells_seen["confidence"].append(conf[b])
+            cells_seen["candidates"].append(candidates[b])
+            cells_seen["rel_error"].append(rel_error)
             cells = np.flatnonzero(keep[b])
             cells = cells[np.argsort(-conf[b, cells], kind="stable")]
             if len(cells) < max(selftrain_cfg.min_pseudo_points, 1):
@@ -179,17 +229,8 @@ def annotate_pairs(
             rows["confidence"].append(c)
             rows["mask"].append(np.arange(m) < n)
             confidences.append(conf[b, cells])
-            if "dense_correspondence" in batch:
-                dist = truth_distance(
-                    target_o[b, cells],
-                    source_o[b, cells],
-                    batch["target_size"][b],
-                    batch["dense_correspondence"][b],
-                    batch["dense_correspondence_mask"][b],
-                )
-                original_box = batch["source_bbox_original"][b]
-                side = max(original_box[2] - original_box[0], original_box[3] - original_box[1])
-                rel_errors.append(dist / side)
+            if rel_error is not None:
+                rel_errors.append(rel_error[cells])
     pseudo = {
         "index": np.asarray(rows["index"], np.int64),
         "source_keypoints": np.asarray(rows["source_keypoints"], np.float32).reshape(-1, m, 2),
@@ -197,7 +238,102 @@ def annotate_pairs(
         "confidence": np.asarray(rows["confidence"], np.float32).reshape(-1, m),
         "mask": np.asarray(rows["mask"], bool).reshape(-1, m),
     }
-    return pseudo, _statistics(pseudo, examples, confidences, rel_errors, selftrain_cfg.tau)
+    stats = _statistics(pseudo, examples, confidences, rel_errors, selftrain_cfg.tau)
+    stats["tau_sweep"] = sweep_tau(
+        *_stacked(cells_seen),
+        max_points=m,
+        min_points=selftrain_cfg.min_pseudo_points,
+    )
+    return pseudo, stats
+
+
+def _relative_truth_error(batch, b: int, target_points, source_points) -> np.ndarray | None:
+    """Each cell's error against the dense truth, in source-box sides: [N], NaN where unknown.
+
+    None when the examples carry no dense truth (a real benchmark's unlabeled pairs).
+    """
+    if "dense_correspondence" not in batch:
+        return None
+    dist = truth_distance(
+        target_points,
+        source_points,
+        batch["target_size"][b],
+        batch["dense_correspondence"][b],
+        batch["dense_correspondence_mask"][b],
+    )
+    box = batch["source_bbox_original"][b]
+    return dist / max(box[2] - box[0], box[3] - box[1])
+
+
+def _stacked(cells_seen: dict[str, list]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(confidence, candidates, rel_error), each [P, N]; rel_error NaN without truth."""
+    if not cells_seen["confidence"]:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), bool), np.zeros((0, 0))
+    confidence = np.stack(cells_seen["confidence"])
+    rel_error = [
+        np.full(confidence.shape[1], np.nan) if e is None else e for e in cells_seen["rel_error"]
+    ]
+    return confidence, np.stack(cells_seen["candidates"]), np.stack(rel_error)
+
+
+def sweep_tau(
+    confidence: np.ndarray,
+    candidates: np.ndarray,
+    rel_error: np.ndarray,
+    *,
+    max_points: int,
+    min_points: int,
+    taus: tuple[float, ...] = SWEEP_TAUS,
+) -> list[dict]:
+    """What each tau would have kept from one annotation pass, by the annotator's own rules.
+
+    Args:
+      confidence: [P, N] every annotated pair's cells; candidates: [P, N] bool (`candidate_cells`);
+      rel_error: [P, N] distance to the true source point in source-box sides, NaN unknown.
+      max_points, min_points: selftrain.max_pseudo_points and selftrain.min_pseudo_points.
+    Returns:
+      One row per tau: tau, pairs, points, points_per_pair, points_with_truth, precision@0.05,
+      precision@0.1 (percent of the points with truth; None without any).
+    """
+    rows = []
+    for tau in taus:
+        keep = keep_most_confident(confidence, candidates, tau=tau, max_points=max_points)
+        kept_pairs = keep.sum(axis=1) >= max(min_points, 1)
+        keep &= kept_pairs[:, None]
+        points, pairs = int(keep.sum()), int(kept_pairs.sum())
+        known = rel_error[keep]
+        known = known[~np.isnan(known)]
+        row = {
+            "tau": tau,
+            "pairs": pairs,
+            "points": points,
+            "points_per_pair": points / pairs if pairs else 0.0,
+            "points_with_truth": int(known.size),
+        }
+        for alpha in (0.05, 0.1):
+            value = float(np.mean(known <= alpha) * 100) if known.size else None
+            row[f"precision@{alpha:g}"] = value
+        rows.append(row)
+    return rows
+
+
+def save_tau_sweep(directory: Path, rows: list[dict]) -> None:
+    """Writes `sweep_tau`'s rows as `TAU_SWEEP_FILE` and a plot `TAU_SWEEP_PLOT`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / TAU_SWEEP_FILE).write_text(json.dumps(rows, indent=1))
+    taus = [r["tau"] for r in rows]
+    figure = Figure(figsize=(5.0, 3.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    count_axes = figure.add_subplot()
+    count_axes.plot(taus, [r["points"] for r in rows], "o-", color="tab:blue")
+    count_axes.set_xlabel("tau (confidence threshold)")
+    count_axes.set_ylabel("pseudo points kept", color="tab:blue")
+    precision_axes = count_axes.twinx()
+    precision = [np.nan if r["precision@0.1"] is None else r["precision@0.1"] for r in rows]
+    precision_axes.plot(taus, precision, "s--", color="tab:orange")
+    precision_axes.set_ylabel("precision@0.1 (%)", color="tab:orange")
+    precision_axes.set_ylim(0.0, 100.0)
+    figure.savefig(directory / TAU_SWEEP_PLOT, dpi=100)
 
 
 def _statistics(pseudo, examples, confidences, rel_errors, tau) -> dict:

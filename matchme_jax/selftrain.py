@@ -164,6 +164,8 @@ def _pseudo_labels(run: Run, generation: int, teacher) -> tuple[dict, dict, obje
             batch_size=run.config.eval.batch_size,
         )
         pseudo["index"] = subset.indices[pseudo["index"]]  # positions in the whole split
+        # Before the pseudo labels: their file marks the annotation done, sweep included.
+        annotate.save_tau_sweep(pseudo_dir.parent, stats["tau_sweep"])
         annotate.save(pseudo_dir, pseudo, stats)
     logging.info("Generation %d pseudo labels: %s", generation, stats)
     if not len(pseudo["index"]):
