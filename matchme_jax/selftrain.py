@@ -10,6 +10,7 @@ summary.json); W/results.json collects the summaries.
 A finished generation is never redone: rerunning the same command continues where it stopped.
 """
 
+import functools
 import json
 import os
 import time
@@ -48,7 +49,6 @@ class Run:
         self.config = config
         self.workdir = workdir
         dataset_cfg = config.dataset
-        self.train_source = sources.open_split(dataset_cfg, dataset_cfg.train_split)
         self.test_source = sources.open_split(dataset_cfg, dataset_cfg.test_split)
         self.categories = sources.category_names(dataset_cfg)
         self.model = build_model(config.model)
@@ -71,6 +71,11 @@ class Run:
             role: AugmentStrength.from_config(config.augment[role])
             for role in ("teacher", "student")
         }
+
+    @functools.cached_property
+    def train_source(self):
+        """The labeled pairs (opened on first use: an evaluation needs no training split)."""
+        return sources.open_split(self.config.dataset, self.config.dataset.train_split)
 
     def _initial_variables(self):
         size = self.config.dataset.image_size
