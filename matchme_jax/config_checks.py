@@ -1,6 +1,7 @@
 """Checks a config before anything runs, and that a workdir belongs to it."""
 
 import json
+import os
 from pathlib import Path
 
 import ml_collections
@@ -107,4 +108,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
                 "Use a fresh --workdir, or the config that made it."
             )
     else:
-        path.write_text(json.dumps(current, indent=1))
+        # Whole or not at all: a run killed meanwhile must not leave an unreadable config.json.
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(current, indent=1))
+        os.replace(tmp, path)

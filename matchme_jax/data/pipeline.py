@@ -98,7 +98,9 @@ def _prepared(source, dataset_cfg, extra_keys: Sequence[str] = ()) -> grain.MapD
 
 
 def _to_iterator(ds: grain.MapDataset, num_workers: int) -> grain.DatasetIterator:
-    it_ds = ds.to_iter_dataset()
+    # A short read-ahead: grain's default (500 batches on 16 threads) keeps decoding batches
+    # that a finished generation never takes, and starves the checkpoint writer on small hosts.
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
     if num_workers > 0:
         it_ds = it_ds.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers))
     return iter(it_ds)
