@@ -12,13 +12,9 @@ PCK@0.05/0.1/0.15 with a fine-tuned backbone. Runtime and results here: not meas
 `:tiny` trains a seconds-sized model on the builder's dummy data (CI).
 """
 
-from pathlib import Path
-
 import ml_collections
 
 from matchme_jax import defaults
-
-DUMMY_DATA = Path(__file__).resolve().parents[1] / "data_builders" / "pf_pascal" / "dummy_data"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -32,10 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 500
 
     if arg == "tiny":
-        config.dataset.manual_dir = str(DUMMY_DATA)
-        defaults.shrink_to_tiny(config)
-        config.train.receptive_field = 9  # 8-px cells
-        config.model.bn_mode = "frozen"  # batch statistics of 4 tiny images are meaningless
+        defaults.shrink_to_tiny_on_dummy_data(config, "pf_pascal")
     elif arg:
         raise ValueError(f"configs/pfpascal.py takes no argument or ':tiny', got {arg!r}")
     return config

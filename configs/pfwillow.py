@@ -10,13 +10,9 @@ its code); `--config.eval.threshold=bbox_kp` gives the correct keypoint extent (
 `:tiny` evaluates a seconds-sized model on the builder's dummy data (CI; pass init_from).
 """
 
-from pathlib import Path
-
 import ml_collections
 
 from matchme_jax import defaults
-
-DUMMY_DATA = Path(__file__).resolve().parents[1] / "data_builders" / "pf_willow" / "dummy_data"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -26,9 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.threshold = "willow_cats"
 
     if arg == "tiny":
-        config.dataset.manual_dir = str(DUMMY_DATA)
-        defaults.shrink_to_tiny(config)
-        config.model.bn_mode = "frozen"
+        defaults.shrink_to_tiny_on_dummy_data(config, "pf_willow")
     elif arg:
         raise ValueError(f"configs/pfwillow.py takes no argument or ':tiny', got {arg!r}")
     return config

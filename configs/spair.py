@@ -12,13 +12,9 @@ Runtime and results: a multi-GPU job, not measured yet.
 `:tiny` trains a seconds-sized model on the builder's dummy data (CI).
 """
 
-from pathlib import Path
-
 import ml_collections
 
 from matchme_jax import defaults
-
-DUMMY_DATA = Path(__file__).resolve().parents[1] / "data_builders" / "spair71k" / "dummy_data"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -32,10 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 2_000
 
     if arg == "tiny":
-        config.dataset.manual_dir = str(DUMMY_DATA)
-        defaults.shrink_to_tiny(config)
-        config.train.receptive_field = 9  # 8-px cells
-        config.model.bn_mode = "frozen"  # batch statistics of 4 tiny images are meaningless
+        defaults.shrink_to_tiny_on_dummy_data(config, "spair71k")
     elif arg:
         raise ValueError(f"configs/spair.py takes no argument or ':tiny', got {arg!r}")
     return config

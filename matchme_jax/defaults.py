@@ -5,10 +5,12 @@ reading of the MatchMe paper, which does not publish its code.
 """
 
 import dataclasses
+from pathlib import Path
 
 import ml_collections
 from ml_collections import config_dict
 
+import data_builders
 from matchme_jax.data.augment import AugmentStrength
 
 
@@ -151,3 +153,11 @@ def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
     config.train.checkpoint_every = 3
     config.selftrain.num_unlabeled_pairs = 8
     config.eval.batch_size = 4
+
+
+def shrink_to_tiny_on_dummy_data(config: ml_collections.ConfigDict, builder: str) -> None:
+    """`shrink_to_tiny`, reading a real benchmark builder's `dummy_data/` as its manual dir."""
+    config.dataset.manual_dir = str(Path(data_builders.__file__).parent / builder / "dummy_data")
+    shrink_to_tiny(config)
+    config.train.receptive_field = 9  # 8-px cells
+    config.model.bn_mode = "frozen"  # batch statistics of 4 tiny images are meaningless
