@@ -5,6 +5,10 @@ For every target feature cell the teacher predicts a source point (its flow) and
 >= tau (inside the target box, by default) become pseudo keypoint pairs, stored in original-image
 pixels so that the student's augmentation moves them exactly like ground truth.
 
+Optionally (`selftrain.consistency_radius`), the teacher also annotates the swapped pair, and a
+cell is kept only when its round trip target -> source -> target returns within that many feature
+cells of where it started: a forward-backward consistency check, at twice the annotation cost.
+
 The same annotation pass also answers what tau would have kept: the count and precision of the
 pseudo points at tau = 0.1 ... 0.9 (`sweep_tau`, written by `save_tau_sweep`).
 """
@@ -31,18 +35,27 @@ TAU_SWEEP_FILE = "tau_sweep.json"
 TAU_SWEEP_PLOT = "tau_sweep.png"
 
 
-def make_annotate_step(model) -> Callable:
-    """`annotate_step(variables, batch) -> (flow [B,h,w,2], confidence [B,h,w])`, jitted."""
+def make_annotate_step(model, *, consistency: bool = False) -> Callable:
+    """`annotate_step(variables, batch) -> dict`, jitted.
+
+    The dict holds "flow" [B, h, w, 2] (target grid -> source) and "confidence" [B, h, w]; with
+    `consistency`, also "backward_flow" [B, h, w, 2], the flow of the swapped pair (source grid
+    -> target).
+    """
+
+    def correspondence(variables, source, target):
+        return model.apply(
+            variables, source=source, target=target, train=False, method="correspondence"
+        )
 
     def annotate_step(variables, batch):
-        out = model.apply(
-            variables,
-            source=normalize_uint8(batch["source_image"]),
-            target=normalize_uint8(batch["target_image"]),
-            train=False,
-            method="correspondence",
-        )
-        return out["flow"], out["confidence"]
+        source = normalize_uint8(batch["source_image"])
+        target = normalize_uint8(batch["target_image"])
+        forward = correspondence(variables, source, target)
+        out = {"flow": forward["flow"], "confidence": forward["confidence"]}
+        if consistency:
+            out["backward_flow"] = correspondence(variables, target, source)["flow"]
+        return out
 
     return jax.jit(annotate_step)
 
@@ -67,6 +80,40 @@ def cell_correspondences(flow: np.ndarray, image_size: int) -> tuple[np.ndarray,
     return target.astype(np.float32), source.astype(np.float32)
 
 
+def round_trip_error(
+    target_points: np.ndarray, source_points: np.ndarray, backward_flow: np.ndarray, image_size: int
+) -> np.ndarray:
+    """How far each cell's round trip target -> source -> target ends from its start, in cells.
+
+    The backward flow is read bilinearly at the forward source point (between the source cells'
+    centres, clamped at the border cells).
+
+    Args:
+      target_points, source_points: [B, N, 2] (x, y) canvas pixels (`cell_correspondences`).
+      backward_flow: [B, h, w, 2] flow of the swapped pair (source grid -> target), in cells.
+    Returns:
+      [B, N] distance in feature cells.
+    """
+    b, h, w, _ = backward_flow.shape
+    stride = np.array([image_size / w, image_size / h], np.float32)
+    grid = (source_points + 0.5) / stride - 0.5  # position among the source cells' centres
+    u = np.clip(grid[..., 0], 0, w - 1)
+    v = np.clip(grid[..., 1], 0, h - 1)
+    u0 = np.clip(np.floor(u).astype(int), 0, max(w - 2, 0))
+    v0 = np.clip(np.floor(v).astype(int), 0, max(h - 2, 0))
+    u1, v1 = np.minimum(u0 + 1, w - 1), np.minimum(v0 + 1, h - 1)
+    fu, fv = (u - u0)[..., None], (v - v0)[..., None]
+    rows = np.arange(b)[:, None]
+    flow = (
+        backward_flow[rows, v0, u0] * (1 - fu) * (1 - fv)
+        + backward_flow[rows, v0, u1] * fu * (1 - fv)
+        + backward_flow[rows, v1, u0] * (1 - fu) * fv
+        + backward_flow[rows, v1, u1] * fu * fv
+    )
+    returned = source_points + flow * stride
+    return np.linalg.norm((returned - target_points) / stride, axis=-1)
+
+
 def candidate_cells(
     target_points: np.ndarray,
     source_points: np.ndarray,
@@ -74,15 +121,19 @@ def candidate_cells(
     *,
     query: str,
     image_size: int,
+    round_trip: np.ndarray | None = None,
+    consistency_radius: float | None = None,
 ) -> np.ndarray:
     """Cells that may become pseudo points at some tau: [B, h*w] bool.
 
-    A cell is a candidate when it is queried (inside the target box for query="bbox") and its
-    source point lies in the canvas.
+    A cell is a candidate when it is queried (inside the target box for query="bbox"), its
+    source point lies in the canvas, and, with a `consistency_radius`, its round trip ends
+    within that many cells of its start.
 
     Args:
       target_points, source_points: [B, h*w, 2] (x, y) canvas pixels.
       target_bbox: [B, 4] (x0, y0, x1, y1) canvas pixels.
+      round_trip: [B, h*w] `round_trip_error`, needed with a consistency_radius.
     """
     if query not in QUERIES:
         raise ValueError(f"config.selftrain.query={query!r}: use one of {QUERIES}.")
@@ -92,6 +143,8 @@ def candidate_cells(
         box = target_bbox[:, None, :]
         inside = (x >= box[..., 0]) & (x <= box[..., 2]) & (y >= box[..., 1]) & (y <= box[..., 3])
         candidates &= inside
+    if consistency_radius is not None:
+        candidates &= round_trip <= consistency_radius
     return candidates
 
 
@@ -187,6 +240,8 @@ def annotate_pairs(
     """
     image_size = dataset_cfg.image_size
     m = selftrain_cfg.max_pseudo_points
+    radius = selftrain_cfg.get("consistency_radius")
+    failed_round_trips = 0  # cells whose round trip ends beyond the consistency radius
     rows = {k: [] for k in ("index", "source_keypoints", "target_keypoints", "confidence", "mask")}
     confidences, rel_errors = [], []
     # Every example's cells before thresholding, for the tau sweep.
@@ -195,16 +250,23 @@ def annotate_pairs(
     for batch in pipeline.padded_batches(
         source, dataset_cfg, batch_size=batch_size, extra_keys=pipeline.TRUTH_KEYS
     ):
-        flow, conf = jax.device_get(annotate_step(variables, pipeline.device_batch(batch)))
-        target_c, source_c = cell_correspondences(flow, image_size)
+        out = jax.device_get(annotate_step(variables, pipeline.device_batch(batch)))
+        target_c, source_c = cell_correspondences(out["flow"], image_size)
+        round_trip = None
+        if radius is not None:
+            round_trip = round_trip_error(target_c, source_c, out["backward_flow"], image_size)
+            valid = batch["valid"][:, None]
+            failed_round_trips += int(np.sum((round_trip > radius) & valid))
         candidates = candidate_cells(
             target_c,
             source_c,
             batch["target_bbox"],
             query=selftrain_cfg.query,
             image_size=image_size,
+            round_trip=round_trip,
+            consistency_radius=radius,
         )
-        conf = conf.reshape(len(conf), -1)
+        conf = out["confidence"].reshape(len(out["confidence"]), -1)
         keep = keep_most_confident(conf, candidates, tau=selftrain_cfg.tau, max_points=m)
         target_o = _to_original(target_c, batch["target_size"], image_size)
         source_o = _to_original(source_c, batch["source_size"], image_size)
@@ -239,6 +301,9 @@ def annotate_pairs(
         "mask": np.asarray(rows["mask"], bool).reshape(-1, m),
     }
     stats = _statistics(pseudo, examples, confidences, rel_errors, selftrain_cfg.tau)
+    stats["consistency_radius"] = radius
+    if radius is not None:
+        stats["cells_failing_round_trip"] = failed_round_trips
     stats["tau_sweep"] = sweep_tau(
         *_stacked(cells_seen),
         max_points=m,

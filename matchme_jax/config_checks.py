@@ -48,6 +48,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "selftrain.unlabeled_pairs",
         f"one of {UNLABELED_PAIRS}",
     )
+    need(
+        st.consistency_radius is None or st.consistency_radius > 0,
+        "selftrain.consistency_radius",
+        "None (no check) or a positive number of feature cells",
+    )
     need(st.student_init in ("same", "teacher"), "selftrain.student_init", "'same' or 'teacher'")
     need(0.0 < st.labeled_fraction <= 1.0, "selftrain.labeled_fraction", "in (0, 1]")
     need(st.pseudo_weight >= 0.0, "selftrain.pseudo_weight", "0 or more")

@@ -119,6 +119,10 @@ def base_config() -> ml_collections.ConfigDict:
             num_unlabeled_pairs=2000,  # unlabeled pairs the teacher annotates per generation
             max_pseudo_points=40,  # most confident points kept per pair (<= dataset.max_keypoints)
             min_pseudo_points=1,  # pairs with fewer kept points are dropped
+            # Forward-backward consistency: also annotate the swapped pair and keep a cell only
+            # when its round trip target -> source -> target ends within this many feature
+            # cells of its start. None: no check (annotation then costs one forward, not two).
+            consistency_radius=config_dict.placeholder(float),
             pseudo_weight=1.0,  # loss weight of a pseudo point relative to a labeled one
             labeled_fraction=0.5,  # share of labeled pairs in a student batch
             # same: the teacher's initialisation | teacher: start from the teacher's weights

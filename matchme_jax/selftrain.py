@@ -65,7 +65,9 @@ class Run:
             receptive_field=config.train.receptive_field,
         )
         self.eval_step = evaluate.make_eval_step(self.model, dataset_cfg, config.eval)
-        self.annotate_step = annotate.make_annotate_step(self.model)
+        self.annotate_step = annotate.make_annotate_step(
+            self.model, consistency=config.selftrain.consistency_radius is not None
+        )
         self.init_variables = self._initial_variables()
         self.strengths = {
             role: AugmentStrength.from_config(config.augment[role])

@@ -1,9 +1,12 @@
 """The machine annotator's host-side rules: cell geometry, selection, truth, storage."""
 
+import jax
 import numpy as np
 import pytest
+from test_config import load
 
 from matchme_jax import annotate
+from matchme_jax.models import build_model
 
 
 def test_cell_centres_and_flow_in_canvas_pixels():
@@ -71,3 +74,59 @@ def test_saved_pseudo_labels_round_trip_and_damage_is_reported(tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(RuntimeError, match="missing or damaged"):
         annotate.load(tmp_path)
+
+
+def test_round_trip_error_by_hand():
+    # 2x2 cells of 16 px. Forward: every target cell points one cell right (into the canvas for
+    # the left column). A backward flow of one cell left brings every point home.
+    forward = np.zeros((1, 2, 2, 2), np.float32)
+    forward[..., 0] = 1.0
+    target, source = annotate.cell_correspondences(forward, image_size=32)
+    home = np.zeros_like(forward)
+    home[..., 0] = -1.0
+    np.testing.assert_allclose(annotate.round_trip_error(target, source, home, 32), 0.0)
+    # A zero backward flow leaves every point one cell away from its start.
+    zero = np.zeros_like(forward)
+    np.testing.assert_allclose(annotate.round_trip_error(target, source, zero, 32), 1.0)
+    # Read between cell centres: halfway between a backward flow of 0 and of -2 cells (in y).
+    halfway = np.zeros_like(forward)
+    halfway[0, :, 1, 1] = -2.0  # right column
+    target = np.array([[[7.5, 7.5]]], np.float32)
+    source = np.array([[[15.5, 7.5]]], np.float32)  # halfway between the two columns' centres
+    # Backward flow there is (0, -1) cells: returns to (15.5, -8.5); start was (7.5, 7.5).
+    expected = np.hypot(8.0, 16.0) / 16.0
+    np.testing.assert_allclose(annotate.round_trip_error(target, source, halfway, 32), [[expected]])
+
+
+def test_consistency_radius_removes_cells_whose_round_trip_fails():
+    target = np.array([[[7.5, 7.5], [23.5, 7.5]]], np.float32)
+    source = target.copy()
+    box = np.array([[0, 0, 31, 31]], np.float32)
+    round_trip = np.array([[0.4, 1.5]], np.float32)
+    args = dict(query="bbox", image_size=32, round_trip=round_trip)
+    np.testing.assert_array_equal(
+        annotate.candidate_cells(target, source, box, consistency_radius=1.0, **args),
+        [[True, False]],
+    )
+    np.testing.assert_array_equal(
+        annotate.candidate_cells(target, source, box, consistency_radius=None, **args),
+        [[True, True]],
+    )
+
+
+def test_annotate_step_with_consistency_also_annotates_the_swapped_pair():
+    config = load("synthetic.py:tiny")
+    model = build_model(config.model)
+    size = config.dataset.image_size
+    rng = np.random.default_rng(0)
+    batch = {
+        side: rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+        for side in ("source_image", "target_image")
+    }
+    images = np.zeros((1, size, size, 3), np.float32)
+    variables = model.init(jax.random.key(0), source=images, target=images)
+    both = annotate.make_annotate_step(model, consistency=True)(variables, batch)
+    swapped = {"source_image": batch["target_image"], "target_image": batch["source_image"]}
+    forward_only = annotate.make_annotate_step(model)(variables, swapped)
+    assert set(forward_only) == {"flow", "confidence"}
+    np.testing.assert_allclose(both["backward_flow"], forward_only["flow"], atol=1e-5)

@@ -64,7 +64,7 @@ def save_and_count(self, *args, **kwargs):
 checkpoint.GenerationCheckpoints.save = save_and_count
 TrainStep.__call__ = counting("train", TrainStep.__call__)
 make_annotate_step, make_eval_step = annotate.make_annotate_step, evaluate.make_eval_step
-annotate.make_annotate_step = lambda *a: counting("annotate", make_annotate_step(*a))
+annotate.make_annotate_step = lambda *a, **k: counting("annotate", make_annotate_step(*a, **k))
 evaluate.make_eval_step = lambda *a: counting("eval", make_eval_step(*a))
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")

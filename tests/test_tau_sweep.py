@@ -58,7 +58,8 @@ def test_sweep_at_the_run_tau_matches_the_annotator_statistics(tfds_dir):
         """Random flow and confidence per cell, like an unsure teacher."""
         b = len(batch["target_image"])
         flow = rng.normal(0.0, 0.5, (b, cells, cells, 2)).astype(np.float32)
-        return flow, rng.uniform(size=(b, cells, cells)).astype(np.float32)
+        confidence = rng.uniform(size=(b, cells, cells)).astype(np.float32)
+        return {"flow": flow, "confidence": confidence}
 
     unlabeled = sources.open_split(config.dataset, config.dataset.unlabeled_split)
     pseudo, stats = annotate.annotate_pairs(
@@ -78,3 +79,35 @@ def test_saved_sweep_is_a_table_and_a_plot(by_hand, tmp_path):
     assert json.loads((tmp_path / annotate.TAU_SWEEP_FILE).read_text()) == by_hand
     with Image.open(tmp_path / annotate.TAU_SWEEP_PLOT) as plot:
         assert plot.format == "PNG" and plot.width > 100 and plot.height > 100
+
+
+def test_consistency_check_keeps_only_cells_whose_round_trip_returns(tfds_dir):
+    config = load("synthetic.py:tiny")
+    config.dataset.data_dir = tfds_dir
+    config.selftrain.update(tau=0.5, query="all", consistency_radius=1.0)
+    cells = config.model.feature_size
+    config.selftrain.max_pseudo_points = min(cells * cells, config.dataset.max_keypoints)
+    # Forward flow zero; backward flow zero on a checkerboard's even cells, 3 cells elsewhere:
+    # only the even cells come back within the radius.
+    j, i = np.mgrid[:cells, :cells]
+    even = (i + j) % 2 == 0
+
+    def teacher(variables, batch):
+        b = len(batch["target_image"])
+        backward = np.zeros((b, cells, cells, 2), np.float32)
+        backward[:, ~even, 0] = 3.0
+        return {
+            "flow": np.zeros((b, cells, cells, 2), np.float32),
+            "confidence": np.full((b, cells, cells), 0.9, np.float32),
+            "backward_flow": backward,
+        }
+
+    unlabeled = sources.open_split(config.dataset, config.dataset.unlabeled_split)
+    pseudo, stats = annotate.annotate_pairs(
+        teacher, None, unlabeled, config.dataset, config.selftrain, batch_size=4
+    )
+    pairs = len(unlabeled)
+    expected_points = min(int(even.sum()), config.selftrain.max_pseudo_points)
+    assert stats["pairs"] == pairs and stats["points"] == pairs * expected_points
+    assert stats["cells_failing_round_trip"] == pairs * int((~even).sum())
+    assert stats["consistency_radius"] == 1.0
