@@ -33,12 +33,15 @@ class DatasetFileError(ValueError):
     """A file that the dataset layout names is missing or malformed."""
 
 
-def file_error(path: os.PathLike | str, problem: str) -> DatasetFileError:
-    """One error naming `path` and what is wrong with it, with the usual fix."""
-    return DatasetFileError(
-        f"{path}: {problem}. Re-download or re-extract the dataset archive (see the builder's "
-        "MANUAL_DOWNLOAD_INSTRUCTIONS) and prepare again."
-    )
+ARCHIVE_FIX = (
+    "Re-download or re-extract the dataset archive (see the builder's "
+    "MANUAL_DOWNLOAD_INSTRUCTIONS) and prepare again."
+)
+
+
+def file_error(path: os.PathLike | str, problem: str, fix: str = ARCHIVE_FIX) -> DatasetFileError:
+    """One error naming `path`, what is wrong with it, and the fix (by default: the archive)."""
+    return DatasetFileError(f"{path}: {problem}. {fix}")
 
 
 def benchmark_features(category_names: list[str]) -> tfds.features.FeaturesDict:
@@ -173,11 +176,12 @@ def require_file(path: epath.Path) -> epath.Path:
     return path
 
 
-def read_image(path: epath.Path) -> bytes:
+def read_image(path: epath.Path, fix: str = ARCHIVE_FIX) -> bytes:
     """The encoded bytes of an RGB image file, checked to decode completely.
 
     Args:
         path: a JPEG or PNG file.
+        fix: what the error tells the user to do when the file does not decode.
 
     Returns:
         The file's bytes when it is RGB; otherwise the image converted to RGB, as PNG bytes
@@ -193,7 +197,7 @@ def read_image(path: epath.Path) -> bytes:
             image.convert("RGB").save(buffer, format="PNG")
             return buffer.getvalue()
     except (OSError, SyntaxError, ValueError) as err:
-        raise file_error(path, f"not a complete image ({err})") from None
+        raise file_error(path, f"not a complete image ({err})", fix) from None
 
 
 def image_size(path: epath.Path, data: bytes) -> tuple[int, int]:

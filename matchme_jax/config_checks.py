@@ -49,6 +49,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"one of {UNLABELED_PAIRS}",
     )
     need(
+        st.unlabeled_pairs != "folder" or _is_folder(st.unlabeled_folder),
+        "selftrain.unlabeled_folder",
+        "an existing folder of <category>/<image> files (selftrain.unlabeled_pairs='folder')",
+    )
+    need(
         st.consistency_radius is None or st.consistency_radius > 0,
         "selftrain.consistency_radius",
         "None (no check) or a positive number of feature cells",
@@ -117,3 +122,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(current, indent=1))
         os.replace(tmp, path)
+
+
+def _is_folder(path: str | None) -> bool:
+    return bool(path) and Path(path).expanduser().is_dir()

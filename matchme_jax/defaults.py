@@ -114,8 +114,10 @@ def base_config() -> ml_collections.ConfigDict:
             tau=0.7,  # keep a pseudo correspondence when its confidence >= tau
             query="bbox",  # bbox: target cells inside the target box | all: every cell
             # Unlabeled pairs: "split" draws from dataset.unlabeled_split; "train_images" pairs the
-            # training images anew (same category), never reading those pairs' annotation.
+            # training images anew (same category), never reading those pairs' annotation;
+            # "folder" pairs the user's own images in unlabeled_folder/<category>/<image>.
             unlabeled_pairs="split",
+            unlabeled_folder=config_dict.placeholder(str),
             num_unlabeled_pairs=2000,  # unlabeled pairs the teacher annotates per generation
             max_pseudo_points=40,  # most confident points kept per pair (<= dataset.max_keypoints)
             min_pseudo_points=1,  # pairs with fewer kept points are dropped

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 
 from matchme_jax import (
@@ -90,23 +89,6 @@ class Run:
             variables = init_from.load_variables(self.config, variables)
         return parallel.replicate(variables)
 
-    def unlabeled_source(self, generation: int) -> unlabeled.Subset:
-        """The unlabeled pairs this generation's teacher annotates, drawn with a seed.
-
-        A `Subset` whose `source` the pseudo labels' indices refer to.
-        """
-        dataset_cfg, n = self.config.dataset, self.config.selftrain.num_unlabeled_pairs
-        seed = [self.config.seed, generation]
-        if self.config.selftrain.unlabeled_pairs == "train_images":
-            pairs = unlabeled.RepairedTrainingImages(
-                sources.prepare(dataset_cfg), dataset_cfg.train_split, n, seed
-            )
-            return unlabeled.Subset(pairs, np.arange(len(pairs)))
-        full = sources.open_split(dataset_cfg, dataset_cfg.unlabeled_split)
-        rng = np.random.default_rng(seed)
-        indices = np.sort(rng.choice(len(full), min(n, len(full)), replace=False))
-        return unlabeled.Subset(full, indices)
-
     def train(self, generation: int, variables, training_sources, weights, role: str):
         """Trains one generation from `variables`; resumes from its latest checkpoint."""
         gen_dir = self.workdir / f"gen_{generation}"
@@ -158,7 +140,7 @@ def _pseudo_labels(run: Run, generation: int, teacher) -> tuple[dict, dict, obje
     """(pseudo labels, statistics, the source their `index` refers to)."""
     """Annotates this generation's unlabeled pairs (or reloads what an earlier try wrote)."""
     pseudo_dir = run.workdir / f"gen_{generation}" / "pseudo"
-    subset = run.unlabeled_source(generation)
+    subset = unlabeled.draw_pairs(run.config, generation, run.workdir)
     if (pseudo_dir / annotate.PSEUDO_FILE).exists():
         pseudo, stats = annotate.load(pseudo_dir)
     else:

@@ -38,10 +38,19 @@ def test_bad_values_are_listed_in_one_error():
     config.selftrain.tau = 1.5
     config.selftrain.query = "everywhere"
     config.train.steps = 0
+    config.selftrain.consistency_radius = -1.0
+    config.selftrain.unlabeled_pairs = "folder"
+    config.selftrain.unlabeled_folder = "/no/such/folder"
     with pytest.raises(ValueError) as error:
         config_checks.validate(config)
     message = str(error.value)
-    for field in ("selftrain.tau=1.5", "selftrain.query='everywhere'", "train.steps=0"):
+    for field in (
+        "selftrain.tau=1.5",
+        "selftrain.query='everywhere'",
+        "train.steps=0",
+        "selftrain.consistency_radius=-1.0",
+        "selftrain.unlabeled_folder='/no/such/folder'",
+    ):
         assert field in message
 
 

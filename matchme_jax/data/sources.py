@@ -43,6 +43,24 @@ def prepare(dataset_cfg) -> tfds.core.DatasetBuilder:
     return builder
 
 
+def prepare_unlabeled_folder(folder: str, data_dir: os.PathLike) -> tfds.core.DatasetBuilder:
+    """The `unlabeled_images` dataset of a user's image folder, prepared once per workdir.
+
+    Args:
+        folder: `<folder>/<category>/<image>` files (config.selftrain.unlabeled_folder).
+        data_dir: where this run keeps the prepared copy (inside its workdir, so that two runs
+            on different folders never share one).
+    """
+    builder = tfds.builder(
+        "unlabeled_images", data_dir=os.fspath(data_dir), file_format="array_record"
+    )
+    if not builder.is_prepared():
+        logging.info("Preparing the unlabeled images of %s in %s", folder, data_dir)
+        download_config = tfds.download.DownloadConfig(manual_dir=folder)
+        builder.download_and_prepare(download_config=download_config)
+    return builder
+
+
 def open_split(dataset_cfg, split: str):
     """A random-access source (`len`, `[i]` -> dict of numpy arrays) over one split."""
     builder = prepare(dataset_cfg)
