@@ -103,7 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
 
     # Augmentation strengths: the teacher gets the official CATs set, the student a stronger one.
-    # Same code, different values (matchme_jax/data/augment.py documents every field).
+    # Same code, different values (matchme_jax/data/strength.py documents every field).
     config.augment = ml_collections.ConfigDict(
         dict(teacher=augment_preset("weak"), student=augment_preset("strong"))
     )

@@ -6,8 +6,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from matchme_jax.data import augment
+from matchme_jax.data import augment, photometric, warps
 from matchme_jax.data.augment import AugmentStrength
+from matchme_jax.data.strength import _PRESETS
 
 SIZE = 64
 BATCH = 4
@@ -173,7 +174,7 @@ def test_affine_box_holds_the_moved_points_inside_it():
 def test_crop_follows_the_official_ranges():
     keys = jax.random.split(jax.random.key(0), 400)
     box = jnp.array([10.3, 20.0, 40.0, 50.6])
-    crop = jax.jit(jax.vmap(lambda k: augment.random_crop_map(k, box, 1.0, SIZE, SIZE)[0]))(keys)
+    crop = jax.jit(jax.vmap(lambda k: warps.random_crop_map(k, box, 1.0, SIZE, SIZE)[0]))(keys)
     left, top = np.asarray(crop[:, 0, 2]), np.asarray(crop[:, 1, 2])
     right = left + np.asarray(crop[:, 0, 0]) * SIZE
     bottom = top + np.asarray(crop[:, 1, 1]) * SIZE
@@ -196,10 +197,10 @@ def test_crop_clamps_keypoints_outside_the_crop_like_the_official():
 
 def test_tps_inverse_converges():
     key = jax.random.key(4)
-    displacements = jax.random.uniform(key, (augment._TPS_GRID**2, 2), minval=-0.08, maxval=0.08)
-    coefficients = augment.tps_coefficients(displacements)
+    displacements = jax.random.uniform(key, (warps._TPS_GRID**2, 2), minval=-0.08, maxval=0.08)
+    coefficients = warps.tps_coefficients(displacements)
     targets = jax.random.uniform(jax.random.key(5), (50, 2), maxval=SIZE)
-    invert = jax.jit(augment.invert_tps, static_argnums=(2, 3, 4))
+    invert = jax.jit(warps.invert_tps, static_argnums=(2, 3, 4))
     residuals = [
         float(jnp.max(invert(targets, coefficients, SIZE, SIZE, steps)[1]))
         for steps in (0, 1, 2, 4)
@@ -210,10 +211,10 @@ def test_tps_inverse_converges():
 
 
 def test_tps_interpolates_the_control_displacements():
-    displacements = jax.random.uniform(jax.random.key(1), (augment._TPS_GRID**2, 2), maxval=0.05)
-    coefficients = augment.tps_coefficients(displacements)
-    controls = jnp.asarray(augment._tps_control_points(), jnp.float32) * SIZE
-    moved = augment.tps_map(controls, coefficients, SIZE, SIZE)
+    displacements = jax.random.uniform(jax.random.key(1), (warps._TPS_GRID**2, 2), maxval=0.05)
+    coefficients = warps.tps_coefficients(displacements)
+    controls = jnp.asarray(warps._tps_control_points(), jnp.float32) * SIZE
+    moved = warps.tps_map(controls, coefficients, SIZE, SIZE)
     np.testing.assert_allclose(moved - controls, displacements * SIZE, atol=1e-3)
 
 
@@ -221,14 +222,14 @@ def test_flip_horizontal_official_formula_and_marker():
     batch = _marker_batch()
     image = batch["source_image"][0] / 255.0
     points = batch["source_keypoints"][0]
-    flipped, moved, box = augment.flip_horizontal(image, points, BOX, jnp.array(True), SIZE)
+    flipped, moved, box = warps.flip_horizontal(image, points, BOX, jnp.array(True), SIZE)
     np.testing.assert_array_equal(moved[:, 0], SIZE - points[:, 0])
     np.testing.assert_array_equal(moved[:, 1], points[:, 1])
     np.testing.assert_array_equal(box, [SIZE - BOX[2], BOX[1], SIZE - BOX[0], BOX[3]])
     for k, colour in enumerate(COLOURS):
         np.testing.assert_allclose(_marker_centroid(flipped, colour), moved[k], atol=1.0)
     with pytest.raises(ValueError, match="width"):
-        augment.flip_horizontal(image, points, BOX, jnp.array(True), SIZE + 1)
+        warps.flip_horizontal(image, points, BOX, jnp.array(True), SIZE + 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,7 +243,7 @@ def _textured_image() -> jax.Array:
 
 
 @pytest.mark.parametrize(
-    "name, op", augment.PHOTOMETRIC_OPS, ids=[n for n, _ in augment.PHOTOMETRIC_OPS]
+    "name, op", photometric.PHOTOMETRIC_OPS, ids=[n for n, _ in photometric.PHOTOMETRIC_OPS]
 )
 def test_each_photometric_op_changes_the_image_and_keeps_range(name, op):
     image = _textured_image()
@@ -254,7 +255,7 @@ def test_each_photometric_op_changes_the_image_and_keeps_range(name, op):
 
 def test_photometric_probability_gates_the_ops():
     image = _textured_image()
-    apply = jax.jit(augment.apply_photometric)
+    apply = jax.jit(photometric.apply_photometric)
     unchanged = apply(jax.random.key(0), image, AugmentStrength.none())
     np.testing.assert_array_equal(unchanged, image)
     changed = apply(jax.random.key(0), image, AugmentStrength.create("weak", photometric_p=1.0))
@@ -263,21 +264,25 @@ def test_photometric_probability_gates_the_ops():
 
 def test_photometric_reference_values():
     red = jnp.zeros((1, 1, 3)).at[..., 0].set(1.0)
-    np.testing.assert_allclose(augment.shift_hue(red, 1.0 / 3.0), [[[0.0, 1.0, 0.0]]], atol=1e-6)
-    np.testing.assert_allclose(augment.to_grayscale(red), [[[0.299] * 3]], atol=1e-6)
+    np.testing.assert_allclose(
+        photometric.shift_hue(red, 1.0 / 3.0), [[[0.0, 1.0, 0.0]]], atol=1e-6
+    )
+    np.testing.assert_allclose(photometric.to_grayscale(red), [[[0.299] * 3]], atol=1e-6)
     levels = jnp.arange(256.0).reshape(16, 16, 1).repeat(3, axis=-1) / 255.0
-    posterized = np.asarray(augment.posterize(levels, 4.0)) * 255.0
+    posterized = np.asarray(photometric.posterize(levels, 4.0)) * 255.0
     np.testing.assert_allclose(posterized, 16.0 * np.round(posterized / 16.0), atol=1e-3)
     assert len(np.unique(np.round(posterized))) == 16
-    np.testing.assert_allclose(augment.solarize(jnp.array([0.2, 0.7]), 0.5), [0.2, 0.3], atol=1e-6)
+    np.testing.assert_allclose(
+        photometric.solarize(jnp.array([0.2, 0.7]), 0.5), [0.2, 0.3], atol=1e-6
+    )
     # A low-contrast image equalises to the full range with (near) uniform level counts.
     narrow = 0.4 + 0.2 * _textured_image()
-    equalised = np.asarray(jax.jit(augment.equalize)(narrow))
+    equalised = np.asarray(jax.jit(photometric.equalize)(narrow))
     assert equalised.min() == 0.0 and equalised.max() == 1.0
     np.testing.assert_allclose(np.mean(equalised, axis=(0, 1)), 0.5, atol=0.02)
     flat = jnp.full((4, 4, 3), 0.3)
-    np.testing.assert_array_equal(augment.equalize(flat), flat)
-    np.testing.assert_allclose(augment.sharpen(flat, 0.5, 1.0), flat, atol=1e-6)
+    np.testing.assert_array_equal(photometric.equalize(flat), flat)
+    np.testing.assert_allclose(photometric.sharpen(flat, 0.5, 1.0), flat, atol=1e-6)
 
 
 def test_normalize_images():
@@ -301,7 +306,7 @@ def test_presets_and_config():
     assert AugmentStrength.from_config("strong") == AugmentStrength.strong()
     cfg = ml_collections.ConfigDict(dict(preset="weak", tps_p=0.3))
     assert float(AugmentStrength.from_config(cfg).tps_p) == pytest.approx(0.3)
-    full = ml_collections.ConfigDict({name: 0.0 for name in augment._PRESETS["none"]})
+    full = ml_collections.ConfigDict({name: 0.0 for name in _PRESETS["none"]})
     assert AugmentStrength.from_config(full) == AugmentStrength.none()
 
 
