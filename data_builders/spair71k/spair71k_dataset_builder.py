@@ -27,6 +27,7 @@ from data_builders import common
 
 URL = "http://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz"
 TOP_FOLDER = "SPair-71k"
+MARKER = "Layout/large/trn.txt"  # a file every copy of the top folder has
 CATEGORIES = [
     "aeroplane",
     "bicycle",
@@ -91,15 +92,25 @@ Where the network is reachable and the manual dir is absent or empty, the archiv
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
-        root = common.dataset_root(dl_manager, TOP_FOLDER, "Layout/large/trn.txt", URL)
+        root = common.dataset_root(dl_manager, TOP_FOLDER, MARKER, URL)
         return {split: self._generate_examples(root, name) for split, name in SPLITS.items()}
 
     def _generate_examples(
         self, root: epath.Path, split_name: str
     ) -> Iterator[tuple[str, dict[str, Any]]]:
-        for pair_id in read_pair_list(root / "Layout" / "large" / f"{split_name}.txt"):
-            annotation = root / "PairAnnotation" / split_name / f"{pair_id}.json"
-            yield pair_id, _pair_features(root, pair_id, annotation)
+        return generate_pairs(root, split_name)
+
+
+def generate_pairs(root: epath.Path, split_name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(pair id, features) of every pair of a split, in Layout order, read from `root`.
+
+    Args:
+        root: the extracted `SPair-71k` top folder.
+        split_name: SPair-71k's own split name (`trn`, `val` or `test`; see `SPLITS`).
+    """
+    for pair_id in read_pair_list(root / "Layout" / "large" / f"{split_name}.txt"):
+        annotation = root / "PairAnnotation" / split_name / f"{pair_id}.json"
+        yield pair_id, _pair_features(root, pair_id, annotation)
 
 
 def read_pair_list(path: epath.Path) -> list[str]:
