@@ -6,11 +6,14 @@ from pathlib import Path
 
 import ml_collections
 
+from matchme_jax.corruption_benchmark import TABLE_ALPHA
 from matchme_jax.data.augment import AugmentStrength
+from matchme_jax.data.corruptions import CORRUPTIONS, SEVERITIES
 from matchme_jax.data.unlabeled import UNLABELED_PAIRS
 from matchme_jax.evaluate import THRESHOLDS
 
-MODES = ("selftrain", "train", "evaluate")
+MODES = ("selftrain", "train", "evaluate", "evaluate_corruptions")
+EVALUATION_MODES = ("evaluate", "evaluate_corruptions")
 CONFIG_FILE = "config.json"
 # Fields that change how a run is carried out, not what it computes.
 HARMLESS_FIELDS = (
@@ -36,9 +39,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     st, tr, ds = config.selftrain, config.train, config.dataset
     need(config.mode in MODES, "mode", f"use one of {MODES}")
     need(
-        config.mode != "evaluate" or bool(config.init_from),
+        config.mode not in EVALUATION_MODES or bool(config.init_from),
         "mode",
-        "'evaluate' needs config.init_from (a W/gen_<g> folder or an official checkpoint)",
+        f"{config.mode!r} needs config.init_from (a W/gen_<g> folder or an official checkpoint)",
     )
     need(0.0 <= st.tau <= 1.0, "selftrain.tau", "a confidence in [0, 1]")
     need(st.generations >= 0, "selftrain.generations", "0 or more")
@@ -75,6 +78,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.eval.batch_size >= 1, "eval.batch_size", "1 or more")
     need(config.eval.threshold in THRESHOLDS, "eval.threshold", f"one of {THRESHOLDS}")
     need(all(a > 0 for a in config.eval.alphas), "eval.alphas", "positive fractions")
+    _check_corruptions(config, need)
     for role in ("teacher", "student"):
         try:
             AugmentStrength.from_config(config.augment[role])
@@ -82,6 +86,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
             problems.append(f"config.augment.{role}: {e}")
     if problems:
         raise ValueError("Bad config:\n  " + "\n  ".join(problems))
+
+
+def _check_corruptions(config: ml_collections.ConfigDict, need) -> None:
+    """The SPair-C fields: distinct known names and severities, a positive pair cap."""
+    cc = config.corruptions
+    names, severities = tuple(cc.names), tuple(cc.severities)
+    need(
+        0 < len(names) == len(set(names)) and set(names) <= set(CORRUPTIONS),
+        "corruptions.names",
+        f"distinct names among {CORRUPTIONS}",
+    )
+    need(
+        0 < len(severities) == len(set(severities)) and set(severities) <= set(SEVERITIES),
+        "corruptions.severities",
+        f"distinct severities among {SEVERITIES}",
+    )
+    need(
+        cc.max_pairs is None or cc.max_pairs >= 1,
+        "corruptions.max_pairs",
+        "unset (every test pair) or 1 or more",
+    )
+    need(
+        config.mode != "evaluate_corruptions" or TABLE_ALPHA in tuple(config.eval.alphas),
+        "eval.alphas",
+        f"must hold {TABLE_ALPHA} for the corruption table of mode 'evaluate_corruptions'",
+    )
 
 
 def _flatten(tree, prefix: str = "") -> dict:

@@ -12,6 +12,7 @@ from ml_collections import config_dict
 
 import data_builders
 from matchme_jax.data.augment import AugmentStrength
+from matchme_jax.data.corruptions import CORRUPTIONS, SEVERITIES
 
 
 def cats_model() -> ml_collections.ConfigDict:
@@ -49,7 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
     """Every field a run reads; experiment configs override what differs."""
     config = ml_collections.ConfigDict()
     config.seed = 2021
-    # selftrain: teacher then students | train: generation 0 only | evaluate: test init_from.
+    # selftrain: teacher then students | train: generation 0 only | evaluate: test init_from |
+    # evaluate_corruptions: test init_from clean and corrupted (SPair-C, see config.corruptions).
     config.mode = "selftrain"
     # A checkpoint to start generation 0 from (ours, or an official .pth/.npz/.safetensors).
     config.init_from = config_dict.placeholder(str)
@@ -138,6 +140,16 @@ def base_config() -> ml_collections.ConfigDict:
             alphas=(0.05, 0.1, 0.15),
             threshold="bbox",  # bbox | img | bbox_kp | willow_cats (see matchme_jax/evaluate.py)
             flow_to_keypoints="official",  # official | bilinear
+        )
+    )
+
+    # mode=evaluate_corruptions: the test pairs under ImageNet-C corruptions (SPair-C), made as
+    # matchme_jax/data/corruptions.py says; the PCK@0.1 table needs 0.1 in eval.alphas.
+    config.corruptions = ml_collections.ConfigDict(
+        dict(
+            names=CORRUPTIONS,  # a subset of the 15, e.g. --config.corruptions.names="('fog',)"
+            severities=SEVERITIES,  # a subset of 1..5
+            max_pairs=config_dict.placeholder(int),  # only the first N test pairs (unset: all)
         )
     )
     return config

@@ -24,6 +24,7 @@ from matchme_jax import (
     annotate,
     checkpoint,
     config_checks,
+    corruption_benchmark,
     evaluate,
     init_from,
     parallel,
@@ -194,6 +195,8 @@ def run(config, workdir: str | Path) -> dict:
     logging.info("Devices: %s", jax.devices())
     if config.mode == "evaluate":
         return evaluate_checkpoint(Run(config, workdir))
+    if config.mode == "evaluate_corruptions":
+        return corruption_benchmark.evaluate_checkpoint(Run(config, workdir))
     config_checks.check_workdir(config, workdir)
     run_ = Run(config, workdir)
     generations = config.selftrain.generations if config.mode == "selftrain" else 0

@@ -1,0 +1,209 @@
+"""SPair-C: PCK of a checkpoint on the clean test pairs and under ImageNet-C corruptions.
+
+    python run.py --config=configs/spair.py --workdir=W --config.mode=evaluate_corruptions \
+        --config.init_from=CHECKPOINT --config.dataset.num_workers=8
+
+evaluates `init_from` on the test split (optionally its first `corruptions.max_pairs` pairs),
+clean and under every corruption x severity of `config.corruptions`, and writes
+W/eval/spair_c_<split>.json (every PCK, per category too) and .md: a corruption x severity table
+of PCK@0.1, the mean over corruptions per severity, and the relative drop from clean.
+
+Each cell is the ordinary evaluation (`evaluate.evaluate`, one compiled eval step for all) of the
+split read through `corruptions.CorruptedPairs`: grain corrupts the original images on the host,
+in its reader threads and in `dataset.num_workers` worker processes, before the resize.
+
+A full run corrupts the 12,234 test pairs 75 times; the JSON is rewritten after every cell and
+the same command, rerun, keeps the cells it holds when the checkpoint and the evaluation settings
+are unchanged, so a killed run continues where it stopped (delete the file to start afresh).
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+
+from matchme_jax import evaluate
+from matchme_jax.data.corruptions import CorruptedPairs
+from matchme_jax.data.unlabeled import Subset
+
+TABLE_ALPHA = 0.1  # the corruption table reports PCK@0.1, as the SPair-C literature does
+# The file stem per dataset; other datasets get "<name>_c".
+STEMS = {"spair71k": "spair_c"}
+
+
+def output_stem(dataset_cfg) -> str:
+    """`spair_c_<split>` for SPair-71k, `<dataset>_c_<split>` otherwise."""
+    stem = STEMS.get(dataset_cfg.name, f"{dataset_cfg.name}_c")
+    return f"{stem}_{dataset_cfg.test_split}"
+
+
+def first_pairs(source, max_pairs: int | None):
+    """The first `max_pairs` examples of `source` (all of them when None)."""
+    if max_pairs is None or max_pairs >= len(source):
+        return source
+    return Subset(source, np.arange(max_pairs))
+
+
+def _settings(config, num_pairs: int) -> dict:
+    """What the numbers depend on: a saved cell is reused only when these are unchanged."""
+    dataset = json.loads(config.dataset.to_json())
+    for field in ("data_dir", "manual_dir", "num_workers"):  # where and how fast, not what
+        dataset.pop(field)
+    return {
+        "checkpoint": config.init_from,
+        "num_pairs": num_pairs,
+        "dataset": dataset,
+        "model": json.loads(config.model.to_json()),
+        "eval": json.loads(config.eval.to_json()),
+    }
+
+
+def _saved_cells(path: Path, settings: dict) -> tuple[dict | None, dict]:
+    """(clean result, {corruption: {severity: result}}) of an earlier run with `settings`."""
+    if not path.exists():
+        return None, {}
+    saved = json.loads(path.read_text())
+    if saved.get("settings") != settings:
+        logging.info("%s was made with other settings; evaluating afresh.", path)
+        return None, {}
+    return saved["clean"], saved["details"]
+
+
+def summarize(clean: dict, details: dict, names, severities) -> dict:
+    """The PCK@0.1 table, its mean over corruptions and the relative drop from clean (percent).
+
+    Args:
+        clean: the clean `evaluate.evaluate` result.
+        details: {corruption: {str(severity): evaluate result}}; missing cells are skipped.
+        names: the corruptions, in table order.
+        severities: the severities, in table order.
+
+    Returns:
+        `pck@0.1`: {corruption: {severity | "mean": PCK}}; `mean_over_corruptions` and
+        `relative_drop_percent`: {severity | "mean": value}, the drop being
+        100 * (clean - mean) / clean (None when the clean PCK is 0).
+    """
+    key = f"pck@{TABLE_ALPHA:g}"
+    table = {}
+    for name in names:
+        row = {
+            str(s): details[name][str(s)][key]
+            for s in severities
+            if str(s) in details.get(name, {})
+        }
+        if row:
+            row["mean"] = float(np.mean(list(row.values())))
+            table[name] = row
+    columns = [str(s) for s in severities] + ["mean"]
+    means = {}
+    for column in columns:
+        values = [row[column] for row in table.values() if column in row]
+        if values:
+            means[column] = float(np.mean(values))
+    clean_pck = clean[key]
+    drops = {
+        c: (100.0 * (clean_pck - m) / clean_pck if clean_pck else None) for c, m in means.items()
+    }
+    return {key: table, "mean_over_corruptions": means, "relative_drop_percent": drops}
+
+
+def _cell(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def markdown_table(result: dict, names, severities) -> str:
+    """The corruption x severity table of PCK@0.1 (percent), as Markdown."""
+    key = f"pck@{TABLE_ALPHA:g}"
+    columns = [str(s) for s in severities] + ["mean"]
+    lines = [
+        "| corruption | " + " | ".join(f"severity {s}" for s in severities) + " | mean |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for name in names:
+        row = result[key].get(name, {})
+        lines.append(f"| {name} | " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    for label, field in (
+        ("**mean over corruptions**", "mean_over_corruptions"),
+        ("**relative drop from clean (%)**", "relative_drop_percent"),
+    ):
+        values = result[field]
+        lines.append(f"| {label} | " + " | ".join(_cell(values.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _write(out: Path, stem: str, result: dict, names, severities) -> None:
+    """Rewrites <stem>.json and .md whole (a kill meanwhile leaves the previous files)."""
+    clean = result["clean"][f"pck@{TABLE_ALPHA:g}"]
+    header = (
+        f"# {stem}: PCK@{TABLE_ALPHA:g} (%) of {result['settings']['checkpoint']}\n\n"
+        f"{result['settings']['num_pairs']} pairs; clean PCK@{TABLE_ALPHA:g}: {clean:.2f}. "
+        "Corruptions: matchme_jax/data/corruptions.py (README, SPair-C)."
+    )
+    if not result["complete"]:
+        header += " Incomplete: rerun the same command to continue."
+    contents = {
+        f"{stem}.json": json.dumps(result, indent=1),
+        f"{stem}.md": f"{header}\n\n{markdown_table(result, names, severities)}\n",
+    }
+    for name, text in contents.items():
+        tmp = out / f"{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+
+
+def evaluate_checkpoint(run_) -> dict:
+    """Evaluates `config.init_from` clean and corrupted; writes W/eval/<stem>.{json,md}.
+
+    Args:
+        run_: a `selftrain.Run` (its eval step, initial variables, test source, categories).
+
+    Returns:
+        The JSON's content: `settings`, `clean` (the `evaluate.evaluate` result), `details`
+        ({corruption: {severity: result}}), `complete`, and the `summarize` fields.
+    """
+    config = run_.config
+    names, severities = tuple(config.corruptions.names), tuple(config.corruptions.severities)
+    out = run_.workdir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = output_stem(config.dataset)
+    pairs = first_pairs(run_.test_source, config.corruptions.max_pairs)
+    settings = _settings(config, len(pairs))
+    clean, details = _saved_cells(out / f"{stem}.json", settings)
+
+    def evaluate_on(source) -> dict:
+        start = time.perf_counter()
+        result = evaluate.evaluate(
+            run_.eval_step,
+            run_.init_variables,
+            source,
+            config.dataset,
+            config.eval,
+            run_.categories,
+        )
+        result["wall_time_s"] = round(time.perf_counter() - start, 2)
+        return result
+
+    def save(complete: bool) -> dict:
+        result = {"settings": settings, "clean": clean, "details": details, "complete": complete}
+        result.update(summarize(clean, details, names, severities))
+        _write(out, stem, result, names, severities)
+        return result
+
+    if clean is None:
+        clean = evaluate_on(pairs)
+    for name in names:
+        for severity in severities:
+            if str(severity) in details.get(name, {}):
+                continue
+            cell = evaluate_on(CorruptedPairs(pairs, name, severity))
+            details.setdefault(name, {})[str(severity)] = cell
+            logging.info(
+                "%s %d: PCK@0.1 %.2f (%.1f s)", name, severity, cell["pck@0.1"], cell["wall_time_s"]
+            )
+            save(complete=False)
+    result = save(complete=True)
+    print(markdown_table(result, names, severities))
+    return result
