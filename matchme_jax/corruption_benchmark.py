@@ -194,15 +194,15 @@ def evaluate_checkpoint(run_) -> dict:
 
     if clean is None:
         clean = evaluate_on(pairs)
+        save(complete=False)
     for name in names:
         for severity in severities:
             if str(severity) in details.get(name, {}):
                 continue
             cell = evaluate_on(CorruptedPairs(pairs, name, severity))
             details.setdefault(name, {})[str(severity)] = cell
-            logging.info(
-                "%s %d: PCK@0.1 %.2f (%.1f s)", name, severity, cell["pck@0.1"], cell["wall_time_s"]
-            )
+            pck = cell[f"pck@{TABLE_ALPHA:g}"]
+            logging.info("%s %d: PCK %.2f (%.1f s)", name, severity, pck, cell["wall_time_s"])
             save(complete=False)
     result = save(complete=True)
     print(markdown_table(result, names, severities))
