@@ -6,7 +6,7 @@
   or downloads the authors' archive when no manual dir was filled.
 * `read_image`, `read_json`, `read_csv_rows`, `read_mat`: read one file of the layout or raise one
   `DatasetFileError` that names the file and what is wrong with it.
-* `decode_image`, `encode_png`: encoded bytes <-> uint8 pixels, for builders that change pixels.
+* `encode_png`: uint8 pixels as PNG bytes, for builders that make or change pixels.
 * `training_images`: the distinct images of a prepared split, for drawing unlabeled pairs.
 """
 
@@ -199,12 +199,6 @@ def read_image(path: epath.Path, fix: str = ARCHIVE_FIX) -> bytes:
             return buffer.getvalue()
     except (OSError, SyntaxError, ValueError) as err:
         raise file_error(path, f"not a complete image ({err})", fix) from None
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """The `[H, W, 3]` uint8 RGB pixels of encoded image bytes (as `read_image` returns)."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 def encode_png(image: np.ndarray) -> bytes:

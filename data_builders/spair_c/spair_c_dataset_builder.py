@@ -98,11 +98,14 @@ class SpairC(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, root: epath.Path) -> Iterator[tuple[str, dict[str, Any]]]:
         config = self.builder_config
+        # Decoded as a prepared spair71k is read (OpenCV or PIL, as TFDS picks), so the pixels
+        # corrupted here are those the on-the-fly evaluation corrupts.
+        decode = self.info.features["source_image"].decode_example_np
         for pair_id, features in spair71k.generate_pairs(root, spair71k.SPLITS["test"]):
             pixels = {
                 **features,
-                "source_image": common.decode_image(features["source_image"]),
-                "target_image": common.decode_image(features["target_image"]),
+                "source_image": decode(features["source_image"]),
+                "target_image": decode(features["target_image"]),
             }
             corrupted = corrupt_pair(pixels, config.corruption, config.severity)
             for side in ("source_image", "target_image"):
