@@ -24,8 +24,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+# The jitted step lives apart (no grain import); selftrain builds it as annotate.make_annotate_step.
+from matchme_jax.annotate_step import make_annotate_step  # noqa: F401
 from matchme_jax.data import pipeline
-from matchme_jax.data.augment import normalize_uint8
 
 PSEUDO_FILE = "pseudo_labels.npz"
 STATS_FILE = "stats.json"
@@ -33,31 +34,6 @@ QUERIES = ("bbox", "all")
 SWEEP_TAUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 TAU_SWEEP_FILE = "tau_sweep.json"
 TAU_SWEEP_PLOT = "tau_sweep.png"
-
-
-def make_annotate_step(model, *, consistency: bool = False) -> Callable:
-    """`annotate_step(variables, batch) -> dict`, jitted.
-
-    The dict holds "flow" [B, h, w, 2] (target grid -> source) and "confidence" [B, h, w]; with
-    `consistency`, also "backward_flow" [B, h, w, 2], the flow of the swapped pair (source grid
-    -> target).
-    """
-
-    def correspondence(variables, source, target):
-        return model.apply(
-            variables, source=source, target=target, train=False, method="correspondence"
-        )
-
-    def annotate_step(variables, batch):
-        source = normalize_uint8(batch["source_image"])
-        target = normalize_uint8(batch["target_image"])
-        forward = correspondence(variables, source, target)
-        out = {"flow": forward["flow"], "confidence": forward["confidence"]}
-        if consistency:
-            out["backward_flow"] = correspondence(variables, target, source)["flow"]
-        return out
-
-    return jax.jit(annotate_step)
 
 
 def cell_correspondences(flow: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,9 @@ HARMLESS_FIELDS = (
     "dataset.num_workers",
     "train.log_every",
     "train.checkpoint_every",
+    "compilation_cache_dir",
+    "distributed",
+    "model.attention",  # the kernel, not the math (also absent from older workdirs' config)
 )
 
 

@@ -5,12 +5,12 @@ reading of the MatchMe paper, which does not publish its code.
 """
 
 import dataclasses
+import importlib.util
 from pathlib import Path
 
 import ml_collections
 from ml_collections import config_dict
 
-import data_builders
 from matchme_jax.data.augment import AugmentStrength
 from matchme_jax.data.corruptions import CORRUPTIONS, SEVERITIES
 
@@ -33,7 +33,12 @@ def cats_model() -> ml_collections.ConfigDict:
             beta=0.02,
             freeze_backbone=False,
             bn_mode="official",  # official: batch statistics while training | frozen
+            # Compute dtype: float32, or bfloat16 for mixed precision (backbone convolutions and
+            # aggregator in bfloat16; parameters, optimizer state, correlation, soft-argmax and
+            # loss in float32). float64 is for parity checks.
             dtype="float32",
+            # Attention kernel: auto (cuDNN on GPU in bfloat16/float16, else XLA) | xla | cudnn
+            attention="auto",
         )
     )
 
@@ -55,6 +60,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.mode = "selftrain"
     # A checkpoint to start generation 0 from (ours, or an official .pth/.npz/.safetensors).
     config.init_from = config_dict.placeholder(str)
+    # Multi-host: call jax.distributed.initialize() (also done when JAX_COORDINATOR_ADDRESS is
+    # set). Each process then reads its shard of the training pairs; process 0 writes the files.
+    config.distributed = False
+    # JAX's persistent compilation cache: a directory shared by runs skips repeated compiles.
+    config.compilation_cache_dir = config_dict.placeholder(str)
 
     config.dataset = ml_collections.ConfigDict(
         dict(
@@ -175,7 +185,10 @@ def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
 
 def shrink_to_tiny_on_dummy_data(config: ml_collections.ConfigDict, builder: str) -> None:
     """`shrink_to_tiny`, reading a real benchmark builder's `dummy_data/` as its manual dir."""
-    config.dataset.manual_dir = str(Path(data_builders.__file__).parent / builder / "dummy_data")
+    # find_spec locates the package without importing it: importing registers the builders with
+    # TFDS, which the GPU benchmark machines do not have.
+    builders = Path(importlib.util.find_spec("data_builders").origin).parent
+    config.dataset.manual_dir = str(builders / builder / "dummy_data")
     shrink_to_tiny(config)
     config.train.receptive_field = 9  # 8-px cells
     config.model.bn_mode = "frozen"  # batch statistics of 4 tiny images are meaningless

@@ -25,6 +25,7 @@ _CATS_FIELDS = (
     "freeze_backbone",
     "bn_mode",
     "dtype",
+    "attention",
 )
 _SEQUENCE_FIELDS = ("backbone_blocks", "hyperpixel_ids")
 

@@ -24,6 +24,7 @@ from matchme_jax.models.resnet import RESNET_STAGE_BLOCKS, ResNet, tap_channels
 BACKBONES = ("resnet101", "resnet50", "custom")
 BN_MODES = ("official", "frozen")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 LAYER_NORM_EPS = 1e-6
 
 # timm's trunc_normal_(std=.02) cuts at +-2 absolute, i.e. +-100 std: in effect a plain normal.
@@ -31,25 +32,57 @@ _head_init = nn.initializers.normal(stddev=0.02)
 
 
 def dot_product_attention(
-    query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, scale: float
+    query: jnp.ndarray,
+    key: jnp.ndarray,
+    value: jnp.ndarray,
+    scale: float,
+    implementation: str = "auto",
 ) -> jnp.ndarray:
-    """softmax(q k^T * scale) v, in the layout of ``jax.nn.dot_product_attention``.
+    """softmax(q k^T * scale) v through ``jax.nn.dot_product_attention``.
 
-    We do not call ``jax.nn.dot_product_attention`` because it always runs the softmax in
-    float32, which would cap a float64 parity run at float32 accuracy.
+    ``implementation``: "xla", "cudnn" (cuDNN's fused kernel: GPU, float16/bfloat16 only), or
+    "auto": cuDNN where those hold and it accepts the shapes, XLA otherwise (in jax <= 0.11,
+    ``implementation=None`` always means XLA). float64 runs a plain einsum attention instead,
+    because ``jax.nn.dot_product_attention`` runs its softmax in float32, which would cap a
+    float64 parity run at float32 accuracy.
 
     Args:
         query: [B, N, H, D].
         key: [B, M, H, D].
         value: [B, M, H, D].
         scale: logit scale (1 / sqrt(D) in ViT attention).
+        implementation: one of ``ATTENTION_IMPLEMENTATIONS``.
 
     Returns:
         [B, N, H, D].
     """
-    logits_dtype = jnp.promote_types(query.dtype, jnp.float32)
-    logits = jnp.einsum("bnhd,bmhd->bhnm", query, key).astype(logits_dtype) * scale
-    probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+    if query.dtype == jnp.float64:
+        return _einsum_attention(query, key, value, scale)
+    if implementation == "auto":
+        if not _cudnn_may_apply(query.dtype):
+            return jax.nn.dot_product_attention(query, key, value, scale=scale)
+        try:
+            return jax.nn.dot_product_attention(
+                query, key, value, scale=scale, implementation="cudnn"
+            )
+        # cuDNN refuses some shapes and versions while tracing; XLA takes any.
+        except (NotImplementedError, RuntimeError, ValueError):
+            return jax.nn.dot_product_attention(query, key, value, scale=scale)
+    return jax.nn.dot_product_attention(
+        query, key, value, scale=scale, implementation=implementation
+    )
+
+
+def _cudnn_may_apply(dtype: jnp.dtype) -> bool:
+    return jax.default_backend() == "gpu" and dtype in (jnp.bfloat16, jnp.float16)
+
+
+def _einsum_attention(
+    query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, scale: float
+) -> jnp.ndarray:
+    """The math of ``dot_product_attention`` with the softmax in the inputs' own precision."""
+    logits = jnp.einsum("bnhd,bmhd->bhnm", query, key) * scale
+    probs = jax.nn.softmax(logits, axis=-1)
     return jnp.einsum("bhnm,bmhd->bnhd", probs, value)
 
 
@@ -105,6 +138,7 @@ class Attention(nn.Module):
 
     num_heads: int
     dtype: jnp.dtype = jnp.float32
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -116,7 +150,7 @@ class Attention(nn.Module):
         q, k, v = einops.rearrange(
             qkv, "b n (three h d) -> three b n h d", three=3, h=self.num_heads
         )
-        out = dot_product_attention(q, k, v, scale=head_dim**-0.5)
+        out = dot_product_attention(q, k, v, head_dim**-0.5, self.attention)
         return nn.Dense(e, name="proj", **dense)(out.reshape(b, n, e))
 
 
@@ -129,6 +163,7 @@ class MultiscaleBlock(nn.Module):
     num_heads: int
     mlp_ratio: float
     dtype: jnp.dtype = jnp.float32
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -143,7 +178,7 @@ class MultiscaleBlock(nn.Module):
             )
 
         def attention(name: str) -> Attention:
-            return Attention(self.num_heads, dtype=self.dtype, name=name)
+            return Attention(self.num_heads, self.dtype, self.attention, name=name)
 
         x = x.reshape(b * levels, n, e)
         x = x + attention("attn")(norm("norm1")(x))
@@ -172,6 +207,7 @@ class TransformerAggregator(nn.Module):
     num_heads: int
     mlp_ratio: float
     dtype: jnp.dtype = jnp.float32
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, corr: jnp.ndarray, source: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
@@ -187,7 +223,9 @@ class TransformerAggregator(nn.Module):
         """
         pos = self._positional_embedding().astype(self.dtype)
         blocks = [
-            MultiscaleBlock(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")
+            MultiscaleBlock(
+                self.num_heads, self.mlp_ratio, self.dtype, self.attention, name=f"blocks_{i}"
+            )
             for i in range(self.depth)
         ]
         proj = nn.Dense(self.feature_size**2, kernel_init=_head_init, dtype=self.dtype, name="proj")
@@ -245,8 +283,11 @@ class CATs(nn.Module):
         freeze_backbone: stop gradients at the backbone features.
         bn_mode: "official" (batch statistics while training, running stats updated with
             PyTorch semantics) or "frozen" (always the running statistics).
-        dtype: compute dtype; parameters stay float32. Correlation and soft-argmax run in at
-            least float32.
+        dtype: compute dtype of the backbone convolutions, the appearance projections and the
+            aggregator ("bfloat16" for mixed precision); parameters, BatchNorm statistics,
+            correlation, soft-argmax and loss stay (at least) float32.
+        attention: the aggregator's attention kernel, one of ``ATTENTION_IMPLEMENTATIONS``
+            (see ``dot_product_attention``).
     """
 
     backbone: str = "resnet101"
@@ -262,6 +303,7 @@ class CATs(nn.Module):
     freeze_backbone: bool = False
     bn_mode: str = "official"
     dtype: str = "float32"
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
         validate_cats_fields(self)
@@ -305,6 +347,7 @@ class CATs(nn.Module):
             num_heads=self.num_heads,
             mlp_ratio=self.mlp_ratio,
             dtype=compute,
+            attention=self.attention,
         )
         grid = (self.feature_size,)
         self.x_normal = self.param("x_normal", _linspace_init, grid, jnp.float32)
@@ -466,6 +509,8 @@ def validate_cats_fields(model: CATs) -> None:
         problems.append(f"bn_mode={model.bn_mode!r}: use one of {BN_MODES}")
     if model.dtype not in DTYPES:
         problems.append(f"dtype={model.dtype!r}: use one of {DTYPES}")
+    if model.attention not in ATTENTION_IMPLEMENTATIONS:
+        problems.append(f"attention={model.attention!r}: use one of {ATTENTION_IMPLEMENTATIONS}")
     if problems:
         raise ValueError("invalid CATs config: " + "; ".join(problems))
 
