@@ -5,7 +5,9 @@ Generation g >= 1 lets teacher g-1 annotate unlabeled pairs, trains a student on
 pseudo-labeled pairs with strong augmentation, from the same initialisation and with the same
 step budget as the teacher, evaluates it, and makes it the next teacher. One compiled train step
 serves every generation. Each generation writes W/gen_<g>/ (checkpoints, pseudo labels, logs,
-summary.json); W/results.json collects the summaries.
+summary.json); W/results.json collects the summaries. In a multi-process run every process
+computes everything but its shard of the training batches, and only process 0 writes files
+(Orbax coordinates the checkpoints).
 
 A finished generation is never redone: rerunning the same command continues where it stopped.
 """
@@ -104,6 +106,8 @@ class Run:
             self.config.dataset,
             batch_size=self.config.train.batch_size,
             seed=self.config.seed + 1000 * generation,
+            shard_index=parallel.process_index(),
+            shard_count=parallel.process_count(),
         )
         latest = ckpt.latest_step()
         if latest is not None:
@@ -154,9 +158,10 @@ def _pseudo_labels(run: Run, generation: int, teacher) -> tuple[dict, dict, obje
             batch_size=run.config.eval.batch_size,
         )
         pseudo["index"] = subset.indices[pseudo["index"]]  # positions in the whole split
-        # Before the pseudo labels: their file marks the annotation done, sweep included.
-        annotate.save_tau_sweep(pseudo_dir.parent, stats["tau_sweep"])
-        annotate.save(pseudo_dir, pseudo, stats)
+        if parallel.is_main_process():
+            # Before the pseudo labels: their file marks the annotation done, sweep included.
+            annotate.save_tau_sweep(pseudo_dir.parent, stats["tau_sweep"])
+            annotate.save(pseudo_dir, pseudo, stats)
     logging.info("Generation %d pseudo labels: %s", generation, stats)
     if not len(pseudo["index"]):
         raise RuntimeError(
@@ -167,7 +172,12 @@ def _pseudo_labels(run: Run, generation: int, teacher) -> tuple[dict, dict, obje
 
 
 def _write_json(path: Path, content: dict) -> None:
-    """Writes `path` whole or not at all: a run killed meanwhile leaves the old file."""
+    """Writes `path` whole or not at all: a run killed meanwhile leaves the old file.
+
+    Only the main process writes; the others compute the same content.
+    """
+    if not parallel.is_main_process():
+        return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(content, indent=1))
     os.replace(tmp, path)
@@ -190,6 +200,8 @@ def _public_stats(stats: dict | None) -> dict | None:
 def run(config, workdir: str | Path) -> dict:
     """Runs (or continues) the whole self-training; returns the results.json content."""
     config_checks.validate(config)
+    parallel.initialize_distributed(config.distributed)
+    parallel.enable_compilation_cache(config.compilation_cache_dir)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     logging.info("Devices: %s", jax.devices())
@@ -197,7 +209,8 @@ def run(config, workdir: str | Path) -> dict:
         return evaluate_checkpoint(Run(config, workdir))
     if config.mode == "evaluate_corruptions":
         return corruption_benchmark.evaluate_checkpoint(Run(config, workdir))
-    config_checks.check_workdir(config, workdir)
+    if parallel.is_main_process():
+        config_checks.check_workdir(config, workdir)
     run_ = Run(config, workdir)
     generations = config.selftrain.generations if config.mode == "selftrain" else 0
     results = {"generations": []}
@@ -243,8 +256,9 @@ def run(config, workdir: str | Path) -> dict:
         teacher = variables
     results["train_step_compilations"] = run_.train_step.trace_count
     _write_json(workdir / RESULTS_FILE, results)
-    visualize.plot_generations(results, workdir / PLOT_FILE)
-    print(format_table(results))
+    if parallel.is_main_process():
+        visualize.plot_generations(results, workdir / PLOT_FILE)
+        print(format_table(results))
     return results
 
 
@@ -255,6 +269,8 @@ def evaluate_checkpoint(run_: Run) -> dict:
     result["checkpoint"] = config.init_from
     name = f"{config.dataset.name}_{config.dataset.test_split}"
     table = evaluate.markdown_table(result, config.eval.alphas, run_.categories)
+    if not parallel.is_main_process():
+        return result
     out = run_.workdir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))

@@ -107,19 +107,37 @@ def _to_iterator(ds: grain.MapDataset, num_workers: int) -> grain.DatasetIterato
 
 
 def training_iterator(
-    sources: Sequence, weights: Sequence[float], dataset_cfg, *, batch_size: int, seed: int
+    sources: Sequence,
+    weights: Sequence[float],
+    dataset_cfg,
+    *,
+    batch_size: int,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
 ) -> grain.DatasetIterator:
     """Endless shuffled batches drawn from `sources` in proportion to `weights`.
 
     Each source is shuffled anew every epoch from `seed`; the iterator's state (`get_state`)
     goes into the checkpoint so that a resumed run sees the same batches.
+
+    In a multi-process run each process (`shard_index` of `shard_count`) reads every
+    `shard_count`-th pair of the one shuffled stream, `batch_size // shard_count` per batch: the
+    processes' k-th batches together hold exactly the pairs of a single process's k-th batch.
     """
+    if not 0 <= shard_index < shard_count or batch_size % shard_count:
+        raise ValueError(
+            f"Cannot read shard {shard_index} of {shard_count} with batches of {batch_size}: "
+            f"set config.train.batch_size to a multiple of the process count ({shard_count})."
+        )
     parts = [
         _prepared(src, dataset_cfg).seed(seed + i).shuffle().repeat()
         for i, src in enumerate(sources)
     ]
     ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights=list(weights))
-    ds = ds.batch(batch_size, drop_remainder=True)
+    if shard_count > 1:
+        ds = ds[shard_index::shard_count]
+    ds = ds.batch(batch_size // shard_count, drop_remainder=True)
     return _to_iterator(ds, dataset_cfg.num_workers)
 
 

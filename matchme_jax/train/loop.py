@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -29,18 +30,28 @@ def train_generation(
 ) -> TrainState:
     """Runs train steps from `state.step` to `train_cfg.steps`.
 
-    Logs one line (and one JSON line in `log_path`) every `log_every` steps, stops with a clear
-    error on a non-finite loss, and checkpoints every `checkpoint_every` steps and at the end,
-    with the iterator state so that a resumed run replays the same batches. Closes `batches`.
+    Logs one line (and, on the main process, one JSON line in `log_path`) every `log_every`
+    steps, stops with a clear error on a non-finite loss, and checkpoints every
+    `checkpoint_every` steps and at the end, with the iterator state so that a resumed run
+    replays the same batches. Closes `batches`.
+
+    The host waits for the device only at log steps (metrics) and checkpoints: between them
+    the steps are dispatched asynchronously, and the next batch is copied to the devices while
+    the current step runs.
     """
     steps = train_cfg.steps
     start = int(jax.device_get(state.step))
-    _drop_lines_after(log_path, start)
+    main = parallel.is_main_process()
+    if main:
+        _drop_lines_after(log_path, start)
+    device_batches = parallel.DevicePrefetch(
+        batches, lambda b: parallel.shard_batch(pipeline.device_batch(b))
+    )
     tick, tick_step = time.perf_counter(), start
-    with open(log_path, "a") as log:
+    # Every process computes the metrics; only the main one keeps them.
+    with open(log_path if main else os.devnull, "a") as log:
         for step in range(start + 1, steps + 1):
-            batch = parallel.shard_batch(pipeline.device_batch(next(batches)))
-            state, metrics = train_step(state, batch, rng, strength)
+            state, metrics = train_step(state, next(device_batches), rng, strength)
             if step % train_cfg.log_every == 0 or step == steps:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 if not math.isfinite(metrics["loss"]):
@@ -63,10 +74,10 @@ def train_generation(
                 log.write(json.dumps({"step": step, **metrics}) + "\n")
                 log.flush()
             if step % train_cfg.checkpoint_every == 0 or step == steps:
-                checkpoints.save(step, state, batches.get_state())
+                checkpoints.save(step, state, device_batches.get_state())
     # The iterator reads ahead on background threads; left running, they keep decoding batches
     # nobody takes and starve the checkpoint writer (seconds per generation on 2 cores).
-    batches.close()
+    device_batches.close()
     checkpoints.wait()
     return state
 

@@ -98,3 +98,7 @@ class TrainStep:
 
     def __call__(self, state, batch, rng, strength):
         return self._jitted(state, batch, rng, strength)
+
+    def lower(self, state, batch, rng, strength) -> jax.stages.Lowered:
+        """The step lowered for these arguments (for its compiled cost analysis)."""
+        return self._jitted.lower(state, batch, rng, strength)
