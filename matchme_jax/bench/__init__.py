@@ -1,0 +1,339 @@
+r"""Throughput benchmark: the train step, the annotator and the host input pipeline, as JSON.
+
+    python -m matchme_jax.bench --config=configs/spair.py --json=OUT.json \
+        --modes=train,annotate --batch_sizes=32 --precisions=bf16,fp32 \
+        --backbones=fine_tuned,frozen --steps=20 --warmup=3
+
+One row per (mode, batch size, precision, backbone): pairs/s as the median over `--steps` timed
+calls after `--warmup` untimed ones (each call waits for the device, `block_until_ready`), the
+model FLOPs per pair from XLA's cost analysis of the compiled program, and the model FLOPs
+utilisation (MFU) they imply against the device's dense peak (`PEAK_FLOPS`; null where the
+device is not in the table, e.g. a CPU). Train and annotate rows run the real jitted steps on
+random batches of the config's shapes (image_size, max_keypoints), so they need neither the
+dataset nor grain/TFDS; the `input` row reads the config's training split through the real
+grain pipeline (host only) and needs both.
+
+Any config field can be overridden as in run.py (`--config.model.attention=xla`). A row that
+fails (say, a kernel the device refuses) is recorded with its error and the others still run.
+The command line lives in `__main__.py`; this module holds the measurements.
+"""
+
+import importlib.metadata
+import os
+import platform
+import statistics
+import time
+import traceback
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from matchme_jax import parallel
+from matchme_jax.annotate_step import make_annotate_step
+from matchme_jax.data.augment import AugmentStrength
+from matchme_jax.models import build_model
+from matchme_jax.train.state import create_train_state, make_optimizer
+from matchme_jax.train.step import TrainStep
+
+MODES = ("train", "annotate", "input")
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
+BACKBONES = ("fine_tuned", "frozen")
+
+# Dense peak FLOP/s of one device by compute precision, matched on a substring of jax's
+# `device_kind` (first match wins). "fp32" is the non-tensor-core float32 peak; XLA runs float32
+# matmuls and convolutions in TF32 on these GPUs by default, so fp32 MFU can read high.
+PEAK_FLOPS = (
+    ("H100 PCIe", {"bf16": 756e12, "fp32": 51e12}),
+    ("H100", {"bf16": 989e12, "fp32": 67e12}),
+    ("H200", {"bf16": 989e12, "fp32": 67e12}),
+    ("A100", {"bf16": 312e12, "fp32": 19.5e12}),
+)
+VERSIONED_PACKAGES = (
+    "jax",
+    "jaxlib",
+    "jax-cuda12-plugin",
+    "jax-cuda13-plugin",
+    "flax",
+    "optax",
+    "numpy",
+)
+
+
+def peak_flops(device_kind: str, precision: str) -> float | None:
+    """Dense peak FLOP/s of one device of `device_kind` at `precision`; None if unknown."""
+    for name, peaks in PEAK_FLOPS:
+        if name in device_kind:
+            return peaks[precision]
+    return None
+
+
+def random_batch(batch_size: int, image_size: int, max_keypoints: int, seed: int = 0) -> dict:
+    """Random pairs with the device keys and dtypes of a prepared batch (data/pipeline.py)."""
+    rng = np.random.default_rng(seed)
+    b, k, s = batch_size, max_keypoints, image_size
+
+    def images() -> np.ndarray:
+        return rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8)
+
+    def keypoints() -> np.ndarray:
+        return rng.uniform(1.0, s - 1.0, (b, k, 2)).astype(np.float32)
+
+    box = np.tile(np.array([0.0, 0.0, s - 1.0, s - 1.0], np.float32), (b, 1))
+    return {
+        "source_image": images(),
+        "target_image": images(),
+        "source_keypoints": keypoints(),
+        "target_keypoints": keypoints(),
+        "keypoint_mask": np.ones((b, k), bool),
+        "keypoint_weight": np.ones((b, k), np.float32),
+        "source_bbox": box,
+        "target_bbox": box.copy(),
+        "flip": np.zeros(b, bool),
+        "valid": np.ones(b, bool),
+    }
+
+
+def compiled_flops(compiled: jax.stages.Compiled) -> float | None:
+    """FLOPs of one call of a compiled program per device, from XLA's cost analysis."""
+    costs = compiled.cost_analysis()
+    if isinstance(costs, list | tuple):  # older jax: one dict per program
+        costs = costs[0] if costs else None
+    flops = (costs or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+def time_calls(call: Callable[[], object], steps: int, warmup: int) -> list[float]:
+    """Seconds of `steps` calls after `warmup`, each waited for on the device."""
+    for _ in range(warmup):
+        jax.block_until_ready(call())
+    seconds = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def _summary(
+    times: list[float], batch_size: int, flops: float | None, precision: str, compile_s: float
+) -> dict:
+    """pairs/s (median), FLOPs per pair and MFU of timed calls on `batch_size` pairs."""
+    median = statistics.median(times)
+    pairs_per_s = batch_size / median
+    devices = jax.device_count()
+    # The cost analysis is of one device's share of the batch.
+    flops_per_pair = flops * devices / batch_size if flops else None
+    peak = peak_flops(jax.devices()[0].device_kind, precision)
+    mfu = pairs_per_s * flops_per_pair / (peak * devices) if flops_per_pair and peak else None
+    return {
+        "pairs_per_s": round(pairs_per_s, 2),
+        "step_time_median_s": median,
+        "step_times_s": times,
+        "compile_s": round(compile_s, 2),
+        "flops_per_pair": flops_per_pair,
+        "peak_flops_per_device": peak,
+        "mfu": mfu,
+    }
+
+
+def _model_config(config, precision: str, frozen: bool):
+    model_cfg = config.model.copy_and_resolve_references()
+    model_cfg.dtype = PRECISIONS[precision]
+    model_cfg.freeze_backbone = frozen
+    return model_cfg
+
+
+def _init_variables(model, image_size: int):
+    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    init = jax.jit(lambda rng: model.init(rng, source=images, target=images))
+    return init(jax.random.key(0))
+
+
+def train_row(config, batch_size: int, precision: str, backbone: str, steps: int, warmup: int):
+    """Times THE train step (augmentation, targets, forward, backward, AdamW) on random pairs."""
+    frozen = backbone == "frozen"
+    model_cfg = _model_config(config, precision, frozen)
+    model = build_model(model_cfg)
+    optimizer = make_optimizer(config.optim, total_steps=config.train.steps, freeze_backbone=frozen)
+    train_step = TrainStep(
+        model,
+        optimizer,
+        model_cfg,
+        config.dataset,
+        receptive_field=config.train.receptive_field,
+    )
+    size = config.dataset.image_size
+    state = parallel.replicate(create_train_state(_init_variables(model, size), optimizer))
+    batch = parallel.shard_batch(random_batch(batch_size, size, config.dataset.max_keypoints))
+    rng, strength = jax.random.key(1), AugmentStrength.from_config(config.augment.teacher)
+
+    start = time.perf_counter()
+    compiled = train_step.lower(state, batch, rng, strength).compile()
+    compile_s = time.perf_counter() - start
+
+    def call():
+        nonlocal state  # donated: each call consumes the last state
+        state, metrics = compiled(state, batch, rng, strength)
+        return state, metrics
+
+    times = time_calls(call, steps, warmup)
+    return _summary(times, batch_size, compiled_flops(compiled), precision, compile_s)
+
+
+def annotate_row(config, batch_size: int, precision: str, steps: int, warmup: int):
+    """Times the annotator's jitted step (eval-mode forward: flow and confidence)."""
+    model = build_model(_model_config(config, precision, frozen=False))
+    size = config.dataset.image_size
+    variables = parallel.replicate(_init_variables(model, size))
+    batch = parallel.shard_batch(random_batch(batch_size, size, config.dataset.max_keypoints))
+    start = time.perf_counter()
+    compiled = make_annotate_step(model).lower(variables, batch).compile()
+    compile_s = time.perf_counter() - start
+    times = time_calls(lambda: compiled(variables, batch), steps, warmup)
+    return _summary(times, batch_size, compiled_flops(compiled), precision, compile_s)
+
+
+def input_row(config, batch_size: int, batches: int, warmup: int) -> dict:
+    """Prepared training pairs per second of the host pipeline alone (grain, TFDS)."""
+    # Imported here: train and annotate rows must run where grain and TFDS are not installed.
+    from matchme_jax.data import pipeline, sources
+
+    dataset_cfg = config.dataset
+    iterator = pipeline.training_iterator(
+        [sources.open_split(dataset_cfg, dataset_cfg.train_split)],
+        [1.0],
+        dataset_cfg,
+        batch_size=batch_size,
+        seed=config.seed,
+    )
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    seconds = time.perf_counter() - start
+    iterator.close()
+    return {
+        "pairs_per_s": round(batches * batch_size / seconds, 2),
+        "num_workers": dataset_cfg.num_workers,
+        "host_cpus": os.cpu_count(),
+    }
+
+
+def environment() -> dict:
+    """Device, host and software versions the numbers were taken with."""
+    device = jax.devices()[0]
+    versions = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
+        "host_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def _rows(config, modes, batch_sizes, precisions, backbones, steps, warmup, input_batches):
+    """(row description, function computing its numbers) for every requested combination."""
+    for mode in modes:
+        for batch_size in batch_sizes:
+            if mode == "input":
+                yield (
+                    {"mode": mode, "batch_size": batch_size},
+                    lambda b=batch_size: input_row(config, b, input_batches, warmup),
+                )
+                continue
+            for precision in precisions:
+                if mode == "annotate":
+                    yield (
+                        {"mode": mode, "batch_size": batch_size, "precision": precision},
+                        lambda b=batch_size, p=precision: annotate_row(config, b, p, steps, warmup),
+                    )
+                    continue
+                for backbone in backbones:
+                    yield (
+                        {
+                            "mode": mode,
+                            "batch_size": batch_size,
+                            "precision": precision,
+                            "backbone": backbone,
+                        },
+                        lambda b=batch_size, p=precision, k=backbone: train_row(
+                            config, b, p, k, steps, warmup
+                        ),
+                    )
+
+
+def check_choices(modes, precisions, backbones, batch_sizes, steps: int, warmup: int) -> None:
+    """One ValueError naming every bad flag value."""
+    problems = []
+    for flag, values, allowed in (
+        ("modes", modes, MODES),
+        ("precisions", precisions, tuple(PRECISIONS)),
+        ("backbones", backbones, BACKBONES),
+    ):
+        bad = [v for v in values if v not in allowed]
+        if bad or not values:
+            problems.append(f"--{flag}={','.join(values)}: use some of {allowed}")
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        problems.append(f"--batch_sizes={batch_sizes}: positive integers")
+    if steps < 1 or warmup < 0:
+        problems.append(f"--steps={steps} --warmup={warmup}: steps >= 1, warmup >= 0")
+    if problems:
+        raise ValueError("Bad benchmark flags: " + "; ".join(problems))
+
+
+def run(
+    config,
+    *,
+    modes,
+    batch_sizes,
+    precisions,
+    backbones,
+    steps: int,
+    warmup: int,
+    input_batches: int = 30,
+    after_each_row: Callable[[dict], None] | None = None,
+) -> dict:
+    """Runs every requested row; returns the JSON content (see the module docstring).
+
+    `after_each_row(result_so_far)` runs after every row, so that a run stopped by a time
+    limit still leaves the rows it finished.
+    """
+    check_choices(modes, precisions, backbones, batch_sizes, steps, warmup)
+    parallel.enable_compilation_cache(config.compilation_cache_dir)
+    result = {
+        "config": {
+            "dataset": config.dataset.name,
+            "image_size": config.dataset.image_size,
+            "model": config.model.to_dict(),
+        },
+        "environment": environment(),
+        "steps": steps,
+        "warmup": warmup,
+        "rows": [],
+    }
+    rows = _rows(config, modes, batch_sizes, precisions, backbones, steps, warmup, input_batches)
+    for description, measure in rows:
+        logging.info("bench %s", description)
+        try:
+            numbers = measure()
+        # One refused row (an unsupported kernel, out of memory) must not lose the others.
+        except Exception as e:  # noqa: BLE001
+            logging.error("bench %s failed:\n%s", description, traceback.format_exc())
+            numbers = {"error": f"{type(e).__name__}: {e}"[:2000]}
+        result["rows"].append({**description, **numbers})
+        logging.info("bench %s -> %s", description, numbers.get("pairs_per_s", numbers))
+        if after_each_row:
+            after_each_row(result)
+    return result

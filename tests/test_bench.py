@@ -1,0 +1,75 @@
+"""`python -m matchme_jax.bench` on CPU: the tiny synthetic config, every mode, the JSON."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from matchme_jax import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 2
+
+
+@pytest.fixture(scope="module")
+def result(tfds_dir, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    command = [
+        sys.executable,
+        "-m",
+        "matchme_jax.bench",
+        "--config=configs/synthetic.py:tiny",
+        f"--config.dataset.data_dir={tfds_dir}",
+        f"--json={out}",
+        "--modes=train,annotate,input",
+        f"--batch_sizes={BATCH}",
+        "--precisions=bf16",
+        "--backbones=frozen",
+        "--steps=2",
+        "--warmup=1",
+        "--input_batches=2",
+    ]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def test_the_json_describes_the_machine_and_the_run(result):
+    env = result["environment"]
+    assert env["platform"] == "cpu" and env["device_count"] >= 1
+    assert {"jax", "jaxlib", "flax", "optax", "numpy"} <= set(env["versions"])
+    assert result["config"]["image_size"] == 32 and result["steps"] == 2
+
+
+def test_every_mode_gives_pairs_per_second(result):
+    rows = {row["mode"]: row for row in result["rows"]}
+    assert set(rows) == {"train", "annotate", "input"}
+    assert all("error" not in row and row["pairs_per_s"] > 0 for row in rows.values())
+    train, annotate = rows["train"], rows["annotate"]
+    assert (train["precision"], train["backbone"], train["batch_size"]) == ("bf16", "frozen", BATCH)
+    for row in (train, annotate):
+        assert len(row["step_times_s"]) == 2
+        assert row["pairs_per_s"] == pytest.approx(BATCH / row["step_time_median_s"], rel=1e-3)
+        assert row["compile_s"] > 0
+        # No CPU in the peak table: no MFU rather than a made-up one.
+        assert row["peak_flops_per_device"] is None and row["mfu"] is None
+    # A train step (forward, backward, update) costs more than the annotator's forward pass.
+    assert train["flops_per_pair"] > 2 * annotate["flops_per_pair"] > 0
+
+
+def test_peak_table_and_mfu_for_known_devices():
+    assert bench.peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert bench.peak_flops("NVIDIA H100 PCIe", "fp32") == 51e12
+    assert bench.peak_flops("NVIDIA H200", "fp32") == 67e12
+    assert bench.peak_flops("cpu", "bf16") is None
+
+
+def test_bad_flags_raise_one_error_naming_them():
+    with pytest.raises(ValueError, match="--modes=training.*--precisions=fp16"):
+        bench.check_choices(["training"], ["fp16"], ["frozen"], [2], steps=2, warmup=1)
+    with pytest.raises(ValueError, match="--batch_sizes"):
+        bench.check_choices(["train"], ["bf16"], ["frozen"], [0], steps=2, warmup=1)
