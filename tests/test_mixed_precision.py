@@ -14,7 +14,7 @@ from test_config import load
 from matchme_jax.annotate_step import make_annotate_step
 from matchme_jax.bench import random_batch
 from matchme_jax.data.augment import normalize_uint8
-from matchme_jax.models import build_model
+from matchme_jax.models import build_model, cats
 from matchme_jax.train.state import create_train_state, make_optimizer
 from matchme_jax.train.step import make_update_fn
 
@@ -76,3 +76,24 @@ def test_bfloat16_flow_is_close_to_float32(setup):
     assert err.max() < 0.1 and err.mean() < 0.02, (err.max(), err.mean())
     assert not np.array_equal(np.asarray(flow16), np.asarray(flow32))  # bf16 did run
     np.testing.assert_allclose(conf16, conf32, atol=0.05)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
+def test_attention_matches_a_plain_softmax_attention(dtype):
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.normal(size=(2, 5, 3, 8)) for _ in range(3))
+    logits = np.einsum("bnhd,bmhd->bhnm", q, k) / np.sqrt(8)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    expected = np.einsum("bhnm,bmhd->bnhd", probs / probs.sum(-1, keepdims=True), v)
+    with jax.enable_x64(dtype == "float64"):
+        args = [jnp.asarray(x, dtype) for x in (q, k, v)]
+        for implementation in ("auto", "xla"):
+            out = cats.dot_product_attention(*args, 8**-0.5, implementation)
+            assert out.dtype == jnp.dtype(dtype)
+            tol = {"float32": 1e-5, "bfloat16": 5e-2, "float64": 1e-12}[dtype]
+            np.testing.assert_allclose(np.asarray(out, np.float64), expected, atol=tol)
+
+
+def test_an_unknown_attention_kernel_is_refused():
+    with pytest.raises(ValueError, match="attention='flash': use one of"):
+        build_model({"name": "cats", "attention": "flash"})
