@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from matchme_jax import bench
+from matchme_jax.bench import collect
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 2
@@ -57,6 +58,9 @@ def test_every_mode_gives_pairs_per_second(result):
         assert row["compile_s"] > 0
         # No CPU in the peak table: no MFU rather than a made-up one.
         assert row["peak_flops_per_device"] is None and row["mfu"] is None
+    # bfloat16 compute, float32 parameters and Adam moments, a finite loss.
+    assert train["state_float_dtypes"] == ["float32"]
+    assert train["final_loss"] > 0
     # A train step (forward, backward, update) costs more than the annotator's forward pass.
     assert train["flops_per_pair"] > 2 * annotate["flops_per_pair"] > 0
 
@@ -73,3 +77,22 @@ def test_bad_flags_raise_one_error_naming_them():
         bench.check_choices(["training"], ["fp16"], ["frozen"], [2], steps=2, warmup=1)
     with pytest.raises(ValueError, match="--batch_sizes"):
         bench.check_choices(["train"], ["bf16"], ["frozen"], [0], steps=2, warmup=1)
+
+
+def test_collect_merges_runs_into_one_file_per_card(result, tmp_path, capsys):
+    files = []
+    for name in ("a", "b"):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(result))
+    broken = tmp_path / "killed_before_its_first_row.json"
+    broken.write_text("")
+    collect.main(["--out_dir", str(tmp_path / "results"), *map(str, files), str(broken)])
+    merged = json.loads((tmp_path / "results" / "cpu.json").read_text())
+    assert merged["environment"] == result["environment"]
+    assert merged["rows"] == result["rows"] * 2
+    table = capsys.readouterr().out
+    assert table.count("| train | frozen | bf16 | auto | - | 2 |") == 2
+    assert collect.card_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    other = {**result, "environment": {**result["environment"], "device_kind": "NVIDIA H200"}}
+    with pytest.raises(ValueError, match="different devices"):
+        collect.merge([result, other])

@@ -18,7 +18,9 @@ fails (say, a kernel the device refuses) is recorded with its error and the othe
 The command line lives in `__main__.py`; this module holds the measurements.
 """
 
+import functools
 import importlib.metadata
+import itertools
 import os
 import platform
 import statistics
@@ -149,7 +151,8 @@ def _model_config(config, precision: str, frozen: bool):
 def _init_variables(model, image_size: int):
     images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     init = jax.jit(lambda rng: model.init(rng, source=images, target=images))
-    return init(jax.random.key(0))
+    # The rbg generator compiles faster than threefry; random weights are all a benchmark needs.
+    return init(jax.random.key(0, impl="rbg"))
 
 
 def train_row(config, batch_size: int, precision: str, backbone: str, steps: int, warmup: int):
@@ -174,13 +177,25 @@ def train_row(config, batch_size: int, precision: str, backbone: str, steps: int
     compiled = train_step.lower(state, batch, rng, strength).compile()
     compile_s = time.perf_counter() - start
 
+    metrics = {}
+
     def call():
-        nonlocal state  # donated: each call consumes the last state
+        nonlocal state, metrics  # donated: each call consumes the last state
         state, metrics = compiled(state, batch, rng, strength)
         return state, metrics
 
     times = time_calls(call, steps, warmup)
-    return _summary(times, batch_size, compiled_flops(compiled), precision, compile_s)
+    return {
+        **_summary(times, batch_size, compiled_flops(compiled), precision, compile_s),
+        "final_loss": float(metrics["loss"]),
+        # Mixed precision keeps parameters and optimizer state in float32.
+        "state_float_dtypes": _float_dtypes((state.params, state.opt_state)),
+    }
+
+
+def _float_dtypes(tree) -> list[str]:
+    leaves = jax.tree.leaves(tree)
+    return sorted({str(x.dtype) for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)})
 
 
 def annotate_row(config, batch_size: int, precision: str, steps: int, warmup: int):
@@ -245,33 +260,31 @@ def environment() -> dict:
 
 def _rows(config, modes, batch_sizes, precisions, backbones, steps, warmup, input_batches):
     """(row description, function computing its numbers) for every requested combination."""
-    for mode in modes:
-        for batch_size in batch_sizes:
-            if mode == "input":
+    for mode, batch_size in itertools.product(modes, batch_sizes):
+        if mode == "input":
+            row = {"mode": mode, "batch_size": batch_size}
+            yield row, functools.partial(input_row, config, batch_size, input_batches, warmup)
+            continue
+        for precision in precisions:
+            row = {
+                "mode": mode,
+                "batch_size": batch_size,
+                "precision": precision,
+                "attention": config.model.attention,
+            }
+            if mode == "annotate":
                 yield (
-                    {"mode": mode, "batch_size": batch_size},
-                    lambda b=batch_size: input_row(config, b, input_batches, warmup),
+                    row,
+                    functools.partial(annotate_row, config, batch_size, precision, steps, warmup),
                 )
                 continue
-            for precision in precisions:
-                if mode == "annotate":
-                    yield (
-                        {"mode": mode, "batch_size": batch_size, "precision": precision},
-                        lambda b=batch_size, p=precision: annotate_row(config, b, p, steps, warmup),
-                    )
-                    continue
-                for backbone in backbones:
-                    yield (
-                        {
-                            "mode": mode,
-                            "batch_size": batch_size,
-                            "precision": precision,
-                            "backbone": backbone,
-                        },
-                        lambda b=batch_size, p=precision, k=backbone: train_row(
-                            config, b, p, k, steps, warmup
-                        ),
-                    )
+            for backbone in backbones:
+                yield (
+                    {**row, "backbone": backbone},
+                    functools.partial(
+                        train_row, config, batch_size, precision, backbone, steps, warmup
+                    ),
+                )
 
 
 def check_choices(modes, precisions, backbones, batch_sizes, steps: int, warmup: int) -> None:

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# THE prepared GPU benchmark of issue 8, for one session with a GPU and ~10 minutes of it.
+#
+# Rows, most important first (CATs: ResNet-101, depth 1, 256 x 256, batch 32 pairs, random data):
+#   1. train step, backbone fine-tuned and frozen, bfloat16 (attention "auto": cuDNN)
+#   2. annotation (the teacher's forward pass), bfloat16 and float32
+#   3. train step, fine-tuned and frozen, float32 (XLA's default TF32 matmuls on the GPU)
+#   4. train step, fine-tuned, bfloat16 with XLA attention (is cuDNN's kernel faster here?)
+#   5. host input pipeline, synthetic pairs on the 256-px canvas, 0 and 8 grain workers
+# Each row group runs in its own process with what is left of BUDGET_S seconds (default 540),
+# and every finished row is kept even if a later one is killed. Then everything is merged into
+# benchmarks/results/<card>.json (and copied to $OUT, where the device tool collects files).
+#
+# Before (on a machine with network, once):  bash benchmarks/fetch_wheels.sh   (fills .whl/)
+# Device tool:  run(command="bash benchmarks/run_gpu.sh", carry=[".whl"], timeout_s=600)
+# Then commit benchmarks/results/<card>.json and put its table in the README's Throughput section.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+BUDGET_S=${BUDGET_S:-540}
+STEPS=${STEPS:-20}
+WARMUP=${WARMUP:-3}
+# A CPU smoke test of this script: SPAIR_CONFIG=configs/spair.py:tiny BATCH=4
+# SYNTHETIC_CONFIG=configs/synthetic.py:tiny STEPS=1 WARMUP=0 PYTHON=.venv/bin/python
+SPAIR_CONFIG=${SPAIR_CONFIG:-configs/spair.py}
+SYNTHETIC_CONFIG=${SYNTHETIC_CONFIG:-configs/synthetic.py}
+BATCH=${BATCH:-32}
+deadline=$((SECONDS + BUDGET_S))
+work=$(mktemp -d)
+files=()  # every row group's JSON, in run order
+log=${OUT:-$work}/bench.log
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/matchme_site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/matchme_site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$log" 2>&1
+
+# rows NAME ARGS...: one bench process with the time left (none started under 60 s).
+rows() {
+    local name=$1 left=$((deadline - SECONDS))
+    shift
+    if ((left < 60)); then
+        echo "$name: skipped, ${left}s left" | tee -a "$log"
+        return
+    fi
+    echo "== $name (${left}s left)" | tee -a "$log"
+    files+=("$work/$name.json")
+    timeout "$left" "$PY" -m matchme_jax.bench --json="$work/$name.json" --steps="$STEPS" \
+        --warmup="$WARMUP" "$@" >>"$log" 2>&1 || echo "$name: exit $?" | tee -a "$log"
+}
+
+spair=(--config="$SPAIR_CONFIG" --batch_sizes="$BATCH")
+rows train_bf16 "${spair[@]}" --modes=train --precisions=bf16 --backbones=fine_tuned,frozen
+rows annotate "${spair[@]}" --modes=annotate --precisions=bf16,fp32
+rows train_fp32 "${spair[@]}" --modes=train --precisions=fp32 --backbones=fine_tuned,frozen
+rows train_bf16_xla_attention "${spair[@]}" --modes=train --precisions=bf16 \
+    --backbones=fine_tuned --config.model.attention=xla
+synthetic=(--config="$SYNTHETIC_CONFIG" --config.dataset.image_size=256 --batch_sizes="$BATCH"
+    --modes=input --input_batches=40 --config.dataset.data_dir="$work/tfds")
+rows input_0_workers "${synthetic[@]}" --config.dataset.num_workers=0
+rows input_8_workers "${synthetic[@]}" --config.dataset.num_workers=8
+
+$PY -m matchme_jax.bench.collect --out_dir=benchmarks/results "${files[@]}" | tee -a "$log"
+if [ -n "${OUT:-}" ]; then
+    cp benchmarks/results/*.json "$OUT"/
+fi
