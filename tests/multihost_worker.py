@@ -1,0 +1,68 @@
+"""One process of tests/test_multihost.py: the annotator's step on a batch split over processes.
+
+    python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT OUT.npz
+
+Joins a CPU multi-process run (gloo collectives over localhost), puts its contiguous share of 8
+seeded random pairs on its devices with `parallel.shard_batch`, runs the jitted annotate step on
+the global batch and gathers the flow and confidence; then runs the same step on the whole batch
+replicated on every device, the reference. Writes both with the process's view of the run
+(device and process counts, whether it is the main process).
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import jax
+
+BATCH_SIZE = 8
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.py"
+
+
+def main(process_id: int, num_processes: int, port: int, out_path: str) -> None:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        f"localhost:{port}", num_processes=num_processes, process_id=process_id
+    )
+    # Imported after initialize(): nothing may touch a device before it.
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    from matchme_jax import parallel
+    from matchme_jax.annotate_step import make_annotate_step
+    from matchme_jax.bench import random_batch
+    from matchme_jax.models import build_model
+
+    spec = importlib.util.spec_from_file_location("synthetic_config", CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("tiny")
+    model = build_model(config.model)
+    size = config.dataset.image_size
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
+    init = jax.jit(lambda key: model.init(key, source=images, target=images))
+    variables = init(jax.random.key(0, impl="rbg"))
+    full = random_batch(BATCH_SIZE, size, config.dataset.max_keypoints, seed=0)
+    share = BATCH_SIZE // num_processes
+    local = {k: v[process_id * share : (process_id + 1) * share] for k, v in full.items()}
+    batch = parallel.shard_batch(local)
+    annotate_step, variables = make_annotate_step(model), parallel.replicate(variables)
+    flow, confidence = annotate_step(variables, batch)
+    # The reference: the whole batch on every device, no split at all.
+    whole_flow, whole_confidence = annotate_step(variables, parallel.replicate(full))
+    np.savez(
+        out_path,
+        flow=multihost_utils.process_allgather(flow, tiled=True),
+        confidence=multihost_utils.process_allgather(confidence, tiled=True),
+        whole_flow=np.asarray(whole_flow),
+        whole_confidence=np.asarray(whole_confidence),
+        global_batch=np.array(batch["source_image"].shape[0]),
+        device_count=np.array(jax.device_count()),
+        process_count=np.array(parallel.process_count()),
+        is_main=np.array(parallel.is_main_process()),
+    )
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
