@@ -5,7 +5,8 @@
 #   1. train step, backbone fine-tuned and frozen, bfloat16 (attention "auto": cuDNN)
 #   2. annotation (the teacher's forward pass), bfloat16 and float32
 #   3. train step, fine-tuned and frozen, float32 (XLA's default TF32 matmuls on the GPU)
-#   4. train step, fine-tuned, bfloat16 with XLA attention (is cuDNN's kernel faster here?)
+#   4. train step, fine-tuned, bfloat16 with XLA attention (is cuDNN's kernel faster here?);
+#      if the cuDNN rows of 1 failed, 2 and 4 use XLA attention and 4 covers both backbones
 #   5. host input pipeline, synthetic pairs on the 256-px canvas, 0 and 8 grain workers
 # Each row group runs in its own process with what is left of BUDGET_S seconds (default 540),
 # and every finished row is kept even if a later one is killed. Then everything is merged into
@@ -55,10 +56,23 @@ rows() {
 
 spair=(--config="$SPAIR_CONFIG" --batch_sizes="$BATCH")
 rows train_bf16 "${spair[@]}" --modes=train --precisions=bf16 --backbones=fine_tuned,frozen
-rows annotate "${spair[@]}" --modes=annotate --precisions=bf16,fp32
+# cuDNN can refuse the attention only when XLA compiles it, past "auto"'s fallback: then the
+# remaining bfloat16 rows use XLA's attention, and the bf16 train rows are run again with it.
+attention=auto
+if [ ! -s "$work/train_bf16.json" ] || grep -q '"error"' "$work/train_bf16.json"; then
+    attention=xla
+    echo "bf16 train rows failed with attention=auto: using attention=xla" | tee -a "$log"
+fi
+rows annotate "${spair[@]}" --modes=annotate --precisions=bf16,fp32 \
+    --config.model.attention=$attention
 rows train_fp32 "${spair[@]}" --modes=train --precisions=fp32 --backbones=fine_tuned,frozen
-rows train_bf16_xla_attention "${spair[@]}" --modes=train --precisions=bf16 \
-    --backbones=fine_tuned --config.model.attention=xla
+if [ $attention = auto ]; then
+    rows train_bf16_xla_attention "${spair[@]}" --modes=train --precisions=bf16 \
+        --backbones=fine_tuned --config.model.attention=xla
+else
+    rows train_bf16_xla_attention "${spair[@]}" --modes=train --precisions=bf16 \
+        --backbones=fine_tuned,frozen --config.model.attention=xla
+fi
 synthetic=(--config="$SYNTHETIC_CONFIG" --config.dataset.image_size=256 --batch_sizes="$BATCH"
     --modes=input --input_batches=40 --config.dataset.data_dir="$work/tfds")
 rows input_0_workers "${synthetic[@]}" --config.dataset.num_workers=0
