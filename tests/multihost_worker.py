@@ -48,15 +48,15 @@ def main(process_id: int, num_processes: int, port: int, out_path: str) -> None:
     local = {k: v[process_id * share : (process_id + 1) * share] for k, v in full.items()}
     batch = parallel.shard_batch(local)
     annotate_step, variables = make_annotate_step(model), parallel.replicate(variables)
-    flow, confidence = annotate_step(variables, batch)
+    split = annotate_step(variables, batch)
     # The reference: the whole batch on every device, no split at all.
-    whole_flow, whole_confidence = annotate_step(variables, parallel.replicate(full))
+    whole = annotate_step(variables, parallel.replicate(full))
     np.savez(
         out_path,
-        flow=multihost_utils.process_allgather(flow, tiled=True),
-        confidence=multihost_utils.process_allgather(confidence, tiled=True),
-        whole_flow=np.asarray(whole_flow),
-        whole_confidence=np.asarray(whole_confidence),
+        flow=multihost_utils.process_allgather(split["flow"], tiled=True),
+        confidence=multihost_utils.process_allgather(split["confidence"], tiled=True),
+        whole_flow=np.asarray(whole["flow"]),
+        whole_confidence=np.asarray(whole["confidence"]),
         global_batch=np.array(batch["source_image"].shape[0]),
         device_count=np.array(jax.device_count()),
         process_count=np.array(parallel.process_count()),
