@@ -3,6 +3,8 @@
 * ``cats_from_torch``: an official CATs state dict (``feature_extraction.backbone.*``, ``proj.*``,
   ``decoder.*``, ``x_normal``, ``y_normal`` and the BatchNorm buffers) -> ``(model, variables)``;
   ``cats_to_torch`` maps variables back to those keys and layouts.
+* ``catspp_from_torch``: an official CATs++ (``CATsImproved``) state dict (``backbone.*``,
+  ``hpn_learner.*``) -> ``(model, variables)``.
 * ``backbone_from_torchvision``: torchvision ResNet ImageNet weights (``conv1.weight``,
   ``layer1.0.bn1.running_mean``, ...) -> the ``backbone`` subtree of the CATs variables.
 * ``load_state_dict_file``: ``.npz``, ``.safetensors``, and ``.pth``/``.pt`` when torch is
@@ -34,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from matchme_jax.models import build_model, cats_kwargs
+from matchme_jax.models import build_model, cats_kwargs, catspp_kwargs
 from matchme_jax.models.cats import CATs, MultiscaleBlock, cats_backbone
+from matchme_jax.models.catspp import CATsPP, catspp_backbone
 from matchme_jax.models.resnet import RESNET_STAGE_BLOCKS, ResNet
 
 BACKBONE_PREFIX = "feature_extraction.backbone."
@@ -77,6 +80,8 @@ def _torch_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         return (1, shape[0], 1, shape[1], shape[2])
     if leaf == "pos_embed_y":  # [L, h, d] <- [1, L, h, 1, d]
         return (1, shape[0], shape[1], 1, shape[2])
+    if leaf == "pos_embed":  # CATs++ [S, d] <- [1, S, 1, d]
+        return (1, shape[0], 1, shape[1])
     return shape
 
 
@@ -143,13 +148,18 @@ def _backbone_shapes(backbone: ResNet) -> dict[str, Any]:
     )
 
 
-def _full_backbone_entries(model: CATs, prefix: str) -> list[_Entry]:
+def _model_backbone(model: CATs | CATsPP) -> ResNet:
+    """The (unbound) backbone module of a CATs or CATs++ model."""
+    return catspp_backbone(model) if isinstance(model, CATsPP) else cats_backbone(model)
+
+
+def _full_backbone_entries(model: CATs | CATsPP, prefix: str) -> list[_Entry]:
     """Entries of the whole ResNet, every stage built, as the official model holds it."""
-    full = cats_backbone(model).clone(tap_ids=(sum(model.stage_blocks),))
+    full = _model_backbone(model).clone(tap_ids=(sum(model.stage_blocks),))
     return _entries(_backbone_shapes(full), prefix)
 
 
-def _unused_backbone_keys(model: CATs, used: set[str], prefix: str) -> tuple[set, set]:
+def _unused_backbone_keys(model: CATs | CATsPP, used: set[str], prefix: str) -> tuple[set, set]:
     """(unused keys a complete ResNet state dict holds, optional ``num_batches_tracked``)."""
     full = _full_backbone_entries(model, prefix)
     unused = {e.torch_key for e in full} - used
@@ -222,9 +232,9 @@ def _cats_table(model: CATs) -> _Table:
 
 
 @functools.lru_cache(maxsize=16)
-def _torchvision_table(model: CATs) -> _Table:
+def _torchvision_table(model: CATs | CATsPP) -> _Table:
     """The torchvision ResNet state dict for the backbone of one config."""
-    entries = _entries(_backbone_shapes(cats_backbone(model)))
+    entries = _entries(_backbone_shapes(_model_backbone(model)))
     unused, optional = _unused_backbone_keys(model, {e.torch_key for e in entries}, "")
     return _Table(tuple(entries), frozenset(unused), frozenset(optional))
 
@@ -277,8 +287,10 @@ def _backbone_fields(stages: tuple[int, ...], width: int) -> dict[str, Any]:
     return {"backbone": "custom", "backbone_blocks": stages, "backbone_width": width}
 
 
-def _trace_variables(model: CATs) -> dict[str, Any]:
-    images = jax.ShapeDtypeStruct((1, _TRACE_IMAGE_SIZE, _TRACE_IMAGE_SIZE, 3), jnp.float32)
+def _trace_variables(model: CATs | CATsPP) -> dict[str, Any]:
+    # CATs++ parameter shapes depend on the grid: trace it at its own image size.
+    side = 16 * model.feature_size if isinstance(model, CATsPP) else _TRACE_IMAGE_SIZE
+    images = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
     return jax.eval_shape(
         lambda s, t: model.init(jax.random.key(0), source=s, target=t), images, images
     )
@@ -357,6 +369,146 @@ def _leaf(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     for name in path:
         tree = tree[name]
     return tree
+
+
+# ---- CATs++ ----
+
+CATSPP_BACKBONE_PREFIX = "backbone."
+CATSPP_HEAD_PREFIX = "hpn_learner."
+# Flax module path (under params) -> official module path under ``hpn_learner.``; first match.
+_CATSPP_MODULES = (
+    (r"^early_conv_(\d+)/conv/", r"early_conv.\1.conv4d.0.0."),
+    (r"^early_conv_(\d+)/norm/", r"early_conv.\1.conv4d.0.1."),
+    (r"^affinity_proj_(\d+)/", r"affinity_proj.\1.0."),
+    (r"^transformers_(\d+)/qk_conv/", r"transformers.\1.layer.0.qk.conv.0."),
+    (r"^transformers_(\d+)/qk_norm/", r"transformers.\1.layer.0.qk.conv.1."),
+    (r"^transformers_(\d+)/qk_linear/", r"transformers.\1.layer.0.qk.linear."),
+    (r"^transformers_(\d+)/v_conv/", r"transformers.\1.layer.0.v.0."),
+    (r"^transformers_(\d+)/v_norm/", r"transformers.\1.layer.0.v.1."),
+    (r"^transformers_(\d+)/mlp_in/", r"transformers.\1.layer.0.mlp.mlp.0."),
+    (r"^transformers_(\d+)/mlp_out/", r"transformers.\1.layer.0.mlp.mlp.2."),
+    (r"^transformers_(\d+)/", r"transformers.\1.layer.0."),  # norm1, norm2, pos_embed
+)
+
+
+def _catspp_head_key(path: tuple[str, ...]) -> str:
+    """``("transformers_2", "qk_conv", "query_conv", "kernel")`` ->
+    ``hpn_learner.transformers.2.layer.0.qk.conv.0.query_conv.weight``."""
+    flax_path = "/".join(path[:-1]) + "/"
+    for pattern, replacement in _CATSPP_MODULES:
+        if re.match(pattern, flax_path):
+            flax_path = re.sub(pattern, replacement, flax_path, count=1)
+            break
+    module = flax_path.replace("/", ".").strip(".")
+    leaf = _LEAF_NAMES.get(path[-1], path[-1])
+    return CATSPP_HEAD_PREFIX + (f"{module}.{leaf}" if module else leaf)
+
+
+def _catspp_entries(shapes: Mapping[str, Any]) -> list[_Entry]:
+    """Every leaf of the CATs++ variables with its official key: backbone, then head."""
+    backbone = {
+        c: {"backbone": tree["backbone"]} for c, tree in shapes.items() if "backbone" in tree
+    }
+    entries = _entries(backbone, roots={"backbone": CATSPP_BACKBONE_PREFIX})
+    for collection, tree in shapes.items():
+        head = {k: v for k, v in tree.items() if k != "backbone"}
+        for path, leaf in traverse_util.flatten_dict(head).items():
+            shape = tuple(leaf.shape)
+            entries.append(
+                _Entry(
+                    collection,
+                    path,
+                    shape,
+                    _catspp_head_key(path),
+                    _torch_shape(path[-1], shape),
+                )
+            )
+    return entries
+
+
+@functools.lru_cache(maxsize=16)
+def _catspp_table(model: CATsPP) -> _Table:
+    """The official CATs++ state dict of one config."""
+    entries = _catspp_entries(_trace_variables(model))
+    used = {e.torch_key for e in entries}
+    unused, optional = _unused_backbone_keys(model, used, CATSPP_BACKBONE_PREFIX)
+    return _Table(tuple(entries), frozenset(unused), frozenset(optional))
+
+
+def infer_catspp_fields(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """CATs++ fields that an official state dict determines.
+
+    Backbone (stages and width), flow grid side, head count, projection widths and MLP ratio
+    are read from the keys and shapes; the dropout rate, beta and the modes are not stored.
+
+    Args:
+        state_dict: torch key -> array.
+
+    Returns:
+        A dict of CATsPP constructor arguments (only those it could infer).
+    """
+    keys = list(state_dict)
+    fields: dict[str, Any] = {}
+    stage_pattern = re.escape(CATSPP_BACKBONE_PREFIX) + r"layer{}\.(\d+)\.conv1\.weight$"
+    stages = []
+    while blocks := _count_indexed(keys, stage_pattern.format(len(stages) + 1)):
+        stages.append(blocks)
+    stem = state_dict.get(CATSPP_BACKBONE_PREFIX + "conv1.weight")
+    if stages and stem is not None:
+        fields.update(_backbone_fields(tuple(stages), int(np.shape(stem)[0])))
+    head = CATSPP_HEAD_PREFIX
+    shape = {k: np.shape(v) for k, v in state_dict.items()}
+    if head + "x_normal" in shape:
+        fields["feature_size"] = int(shape[head + "x_normal"][0])
+    if (key := head + "early_conv.0.conv4d.0.0.query_conv.weight") in shape:
+        fields["num_heads"] = int(shape[key][0])
+    if (key := head + "transformers.0.layer.0.qk.linear.weight") in shape:
+        fields["qk_dim"] = int(shape[key][0]) // 2
+    if (key := head + "affinity_proj.0.0.weight") in shape:
+        fields["affinity_dim"] = int(shape[key][0])
+    if (key := head + "transformers.0.layer.0.mlp.mlp.0.query_conv.weight") in shape:
+        fields["mlp_ratio"] = shape[key][0] / shape[key][1]
+    return fields
+
+
+def _catspp_overrides(model_overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Check and normalise the overrides: CATsPP fields, plus the non-model config fields."""
+    name = model_overrides.get("name", "catspp")
+    if name != "catspp":
+        raise ValueError(f"catspp_from_torch builds CATs++; got name={name!r}")
+    field_names = set(_CONFIG_ONLY_FIELDS) | {
+        f.name for f in dataclasses.fields(CATsPP) if f.name not in ("parent", "name")
+    }
+    unknown = sorted(set(model_overrides) - field_names)
+    if unknown:
+        raise ValueError(f"unknown CATs++ fields {unknown}; known: {sorted(field_names)}")
+    return catspp_kwargs(model_overrides)
+
+
+def catspp_from_torch(
+    state_dict: Mapping[str, np.ndarray], **model_overrides: Any
+) -> tuple[CATsPP, dict[str, Any]]:
+    """Official CATs++ (``CATsImproved``) state dict -> ``(model, variables)``.
+
+    Args:
+        state_dict: torch key -> array (``backbone.*`` with its BatchNorm buffers,
+            ``hpn_learner.*``), as ``load_state_dict_file`` returns it.
+        **model_overrides: CATsPP fields that override what is inferred (see
+            ``infer_catspp_fields``), e.g. ``dtype="bfloat16"``. A whole ``config.model`` may
+            be passed: its ``name`` must be "catspp"; ``backbone_weights`` is ignored.
+
+    Returns:
+        The CATsPP module and ``{"params": ..., "batch_stats": ...}`` (float32), ready for
+        ``model.apply(variables, source=..., target=...)``.
+
+    Raises:
+        ValueError: an unknown override, an invalid config, or keys that are missing,
+            unexpected or mis-shaped (all listed in one message).
+    """
+    fields = {**infer_catspp_fields(state_dict), **_catspp_overrides(model_overrides)}
+    model = CATsPP(**fields)
+    variables = _assemble(_catspp_table(model), state_dict, f"the CATs++ model {fields}")
+    return model, variables
 
 
 def backbone_from_torchvision(
@@ -460,6 +612,8 @@ __all__ = [
     "backbone_from_torchvision",
     "cats_from_torch",
     "cats_to_torch",
+    "catspp_from_torch",
     "infer_cats_fields",
+    "infer_catspp_fields",
     "load_state_dict_file",
 ]
