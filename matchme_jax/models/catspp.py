@@ -53,21 +53,21 @@ _pos_init = nn.initializers.normal(stddev=0.02)
 
 
 def clamped_cosine_correlation(source: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
-    """CATs++ correlation of one feature map pair.
+    """CATs++ correlation of L feature-map pairs (one stage), in one batched product.
 
     Args:
-        source: [B, Hs, Ws, C] features (not normalised).
-        target: [B, Ht, Wt, C] features (not normalised).
+        source: [B, L, Hs, Ws, C] features (not normalised).
+        target: [B, L, Ht, Wt, C] features (not normalised).
 
     Returns:
-        corr: [B, Ht, Wt, Hs, Ws], ``<t/(|t|+1e-5), s/(|s|+1e-5)>`` clamped at 0, in the
+        corr: [B, Ht, Wt, Hs, Ws, L], ``<t/(|t|+1e-5), s/(|s|+1e-5)>`` clamped at 0, in the
         features' dtype.
     """
 
     def normalise(f: jnp.ndarray) -> jnp.ndarray:
         return f / (jnp.sqrt(jnp.sum(jnp.square(f), axis=-1, keepdims=True)) + CORR_EPS)
 
-    corr = jnp.einsum("bijc,bklc->bijkl", normalise(target), normalise(source))
+    corr = jnp.einsum("blijc,blkmc->bijkml", normalise(target), normalise(source))
     return jnp.maximum(corr, 0)
 
 
@@ -288,9 +288,22 @@ class CATsPP(nn.Module):
         _check_images(target, "target")
         source_taps, target_taps = self._tap_pair(source, target, train)
         self.sow("intermediates", "source_feats", tuple(source_taps))
+        return self.aggregate(source_taps, target_taps, train)
+
+    def aggregate(self, source_taps: list, target_taps: list, train: bool = False) -> jnp.ndarray:
+        """The head: backbone taps of both images -> refined correlation.
+
+        Args:
+            source_taps: one [B, h_k, w_k, C_k] per tap id in ``feat_ids`` order (source).
+            target_taps: the same for the target images.
+            train: the affinity dropout is on.
+
+        Returns:
+            refined_corr: [B, S, T], the mean over channels of the finest level.
+        """
         source_levels = _split_levels(source_taps, self.stage_blocks)
         target_levels = _split_levels(target_taps, self.stage_blocks)
-        self._check_level_sizes(source_levels, source.shape[1])
+        self._check_level_sizes(source_levels)
 
         corrs = [
             self._stacked_correlation(s, t)
@@ -321,16 +334,17 @@ class CATsPP(nn.Module):
         return refined
 
     def _stacked_correlation(self, source: list, target: list) -> jnp.ndarray:
-        """One stage's maps -> [B, Ht, Wt, Hs, Ws, L] in the compute dtype."""
-        compute = jnp.dtype(self.dtype)
-        corr_dtype = jnp.promote_types(compute, jnp.float32)
-        # Normalise in at least float32, then correlate and store in the compute dtype: the
-        # 64^4 level is what fills the memory.
-        corrs = [
-            clamped_cosine_correlation(s.astype(corr_dtype), t.astype(corr_dtype)).astype(compute)
-            for s, t in zip(source, target, strict=True)
-        ]
-        return jnp.stack(corrs, axis=-1)
+        """One stage's maps -> [B, Ht, Wt, Hs, Ws, L] in the compute dtype.
+
+        Normalised in at least float32, stored in the compute dtype: in bfloat16 the 64^4
+        level, which fills the memory, takes half the bytes.
+        """
+        corr_dtype = jnp.promote_types(jnp.dtype(self.dtype), jnp.float32)
+        corr = clamped_cosine_correlation(
+            jnp.stack(source, axis=1).astype(corr_dtype),
+            jnp.stack(target, axis=1).astype(corr_dtype),
+        )
+        return corr.astype(self.dtype)
 
     def _affinities(self, levels: list[list[jnp.ndarray]], train: bool) -> list[jnp.ndarray]:
         """Appearance of each level's LAST map: [B, h/2, w/2, affinity_dim] per level."""
@@ -359,13 +373,13 @@ class CATsPP(nn.Module):
             taps = [jax.lax.stop_gradient(t) for t in taps]
         return taps
 
-    def _check_level_sizes(self, levels: list[list[jnp.ndarray]], image_side: int) -> None:
+    def _check_level_sizes(self, levels: list[list[jnp.ndarray]]) -> None:
         f = self.feature_size
         got = tuple(maps[0].shape[1] for maps in levels)
         if got != (f // 2, f, 2 * f):
             raise ValueError(
                 f"CATs++ with feature_size={f} needs {16 * f}-px images (stage 4/3/2 maps of "
-                f"{f // 2}/{f}/{2 * f}); got {image_side}-px images with maps {got}: resize the "
+                f"{f // 2}/{f}/{2 * f}); got maps of {got}: resize the "
                 "images or set model.feature_size = image_size // 16"
             )
 
