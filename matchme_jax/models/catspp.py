@@ -312,19 +312,26 @@ class CATsPP(nn.Module):
         self.sow("intermediates", "corr", tuple(corrs))
         corrs = [encoder(c) for encoder, c in zip(self.early_conv, corrs, strict=True)]
         self.sow("intermediates", "early_conv", tuple(corrs))
-        source_aff = self._affinities(source_levels, train)
-        target_aff = self._affinities(target_levels, train)
-        self.sow("intermediates", "source_affinity", tuple(source_aff))
+        # Source and target go through the shared layers as one batch (every op is per
+        # sample): the affinity projections, and each transformer's two passes.
+        b = corrs[0].shape[0]
+        affinities = self._affinities(
+            [
+                jnp.concatenate([s[-1], t[-1]])
+                for s, t in zip(source_levels, target_levels, strict=True)
+            ],
+            train,
+        )
+        self.sow("intermediates", "source_affinity", tuple(a[:b] for a in affinities))
 
         x = None
         for j, (corr, transformer) in enumerate(zip(corrs, self.transformers, strict=True)):
             if x is not None:
                 corr = corr + interpolate4d(x, corr.shape[1])
-            x = (
-                corr
-                + transformer(corr, source_aff[j])
-                + transpose4d(transformer(transpose4d(corr), target_aff[j]))
-            )
+            # Pass 1 attends over source tokens; pass 2 runs on the transposed correlation with
+            # the target's affinity, so it attends over target tokens.
+            both = transformer(jnp.concatenate([corr, transpose4d(corr)]), affinities[j])
+            x = corr + both[:b] + transpose4d(both[b:])
             self.sow("intermediates", "stage_out", x)
         out_dtype = jnp.promote_types(x.dtype, jnp.float32)
         refined = einops.rearrange(
@@ -346,11 +353,11 @@ class CATsPP(nn.Module):
         )
         return corr.astype(self.dtype)
 
-    def _affinities(self, levels: list[list[jnp.ndarray]], train: bool) -> list[jnp.ndarray]:
-        """Appearance of each level's LAST map: [B, h/2, w/2, affinity_dim] per level."""
+    def _affinities(self, last_maps: list[jnp.ndarray], train: bool) -> list[jnp.ndarray]:
+        """Appearance of each level's last map: [N, h, w, C] -> [N, h/2, w/2, affinity_dim]."""
         return [
-            self.affinity_drop(nn.relu(proj(maps[-1])), deterministic=not train)
-            for proj, maps in zip(self.affinity_proj, levels, strict=True)
+            self.affinity_drop(nn.relu(proj(x)), deterministic=not train)
+            for proj, x in zip(self.affinity_proj, last_maps, strict=True)
         ]
 
     def _tap_pair(
