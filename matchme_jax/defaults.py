@@ -43,6 +43,38 @@ def cats_model() -> ml_collections.ConfigDict:
     )
 
 
+def catspp_model() -> ml_collections.ConfigDict:
+    """The official CATs++ model (`CATsImproved(backbone="resnet101")`, 512-px images)."""
+    return ml_collections.ConfigDict(
+        dict(
+            name="catspp",
+            backbone="resnet101",  # resnet101 | resnet50 | custom (four stages)
+            backbone_blocks=(3, 4, 23, 3),  # blocks per stage, used when backbone == "custom"
+            backbone_width=64,  # stem channels, used when backbone == "custom"
+            backbone_weights=config_dict.placeholder(str),  # torchvision ResNet weights file
+            feature_size=32,  # flow grid side = image_size // 16
+            num_heads=4,
+            qk_dim=512,
+            affinity_dim=128,
+            mlp_ratio=4.0,
+            affinity_dropout=0.5,
+            beta=0.02,
+            freeze_backbone=False,
+            bn_mode="official",
+            dtype="float32",  # bfloat16: the 4-D correlations and attention at half the bytes
+        )
+    )
+
+
+def use_catspp(config: ml_collections.ConfigDict) -> None:
+    """The CATs++ recipe (reference section 5.5): 512-px images, head lr 3e-4, backbone lr 3e-6,
+    fine-tuned backbone, a 32 x 32 flow grid of 16-px cells (official KeypointToFlow jsz 16)."""
+    config.model = catspp_model()
+    config.dataset.image_size = 512
+    config.optim.head_lr = 3e-4
+    config.optim.backbone_lr = 3e-6
+
+
 def augment_preset(name: str) -> ml_collections.ConfigDict:
     """Every field of an augmentation preset ("none", "weak", "strong"), to override one by one."""
     strength = AugmentStrength.create(name)
@@ -166,21 +198,39 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
-    """Makes `config` CPU-test sized (seconds): 32-px images, a 3-block ResNet, a few steps."""
-    config.dataset.image_size = 32
-    config.model.backbone = "custom"
-    config.model.backbone_blocks = (1, 1, 1)
-    config.model.backbone_width = 8
-    config.model.hyperpixel_ids = (0, 2, 3)
-    config.model.feature_size = 4
-    config.model.feature_proj_dim = 16
-    config.model.num_heads = 2
+    """Makes `config` CPU-test sized (seconds): tiny images and backbone, a few steps.
+
+    CATs: 32-px images, a 3-block ResNet; CATs++: see `_shrink_catspp`.
+    """
+    if config.model.name == "catspp":
+        _shrink_catspp(config)
+    else:
+        config.dataset.image_size = 32
+        config.model.backbone = "custom"
+        config.model.backbone_blocks = (1, 1, 1)
+        config.model.backbone_width = 8
+        config.model.hyperpixel_ids = (0, 2, 3)
+        config.model.feature_size = 4
+        config.model.feature_proj_dim = 16
+        config.model.num_heads = 2
     config.train.batch_size = 4
     config.train.steps = 6
     config.train.log_every = 2
     config.train.checkpoint_every = 3
     config.selftrain.num_unlabeled_pairs = 8
     config.eval.batch_size = 4
+
+
+def _shrink_catspp(config: ml_collections.ConfigDict) -> None:
+    """A tiny CATs++: 64-px images, a four-stage one-block ResNet, a 4 x 4 flow grid."""
+    config.dataset.image_size = 64
+    config.model.backbone = "custom"
+    config.model.backbone_blocks = (1, 1, 1, 1)
+    config.model.backbone_width = 8
+    config.model.feature_size = 4
+    config.model.qk_dim = 16
+    config.model.affinity_dim = 8
+    config.model.mlp_ratio = 2.0
 
 
 def shrink_to_tiny_on_dummy_data(config: ml_collections.ConfigDict, builder: str) -> None:
@@ -190,5 +240,6 @@ def shrink_to_tiny_on_dummy_data(config: ml_collections.ConfigDict, builder: str
     builders = Path(importlib.util.find_spec("data_builders").origin).parent
     config.dataset.manual_dir = str(builders / builder / "dummy_data")
     shrink_to_tiny(config)
-    config.train.receptive_field = 9  # 8-px cells
+    cell = config.dataset.image_size // config.model.feature_size
+    config.train.receptive_field = cell + 1  # 9 px for CATs' 8-px cells, 17 for CATs++
     config.model.bn_mode = "frozen"  # batch statistics of 4 tiny images are meaningless

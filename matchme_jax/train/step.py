@@ -18,29 +18,36 @@ from matchme_jax.train.state import TrainState
 
 
 def make_update_fn(model, optimizer: optax.GradientTransformation, *, bn_train: bool) -> Callable:
-    """`update(state, source, target, flow_gt, cell_weight) -> (state, metrics)`.
+    """`update(state, source, target, flow_gt, cell_weight, dropout_rng=None) -> (state, metrics)`.
 
     One optimizer step on ImageNet-normalised images `[B, H, W, 3]` and a sparse flow target
     `flow_gt: [B, h, w, 2]` with per-cell weights `[B, h, w]`. With `bn_train` the backbone
     BatchNorm uses batch statistics and updates its running statistics, as the official
-    training does (even with a frozen backbone).
+    training does (even with a frozen backbone). `dropout_rng` feeds the model's dropout
+    (CATs++'s affinity Dropout2d; CATs has none).
     """
 
-    def loss_fn(params, batch_stats, source, target, flow_gt, cell_weight):
+    def loss_fn(params, batch_stats, source, target, flow_gt, cell_weight, dropout_rng):
         variables = {"params": params, "batch_stats": batch_stats}
+        rngs = None if dropout_rng is None else {"dropout": dropout_rng}
         if bn_train:
             flow, updated = model.apply(
-                variables, source=source, target=target, train=True, mutable=["batch_stats"]
+                variables,
+                source=source,
+                target=target,
+                train=True,
+                mutable=["batch_stats"],
+                rngs=rngs,
             )
             batch_stats = updated["batch_stats"]
         else:
-            flow = model.apply(variables, source=source, target=target, train=True)
+            flow = model.apply(variables, source=source, target=target, train=True, rngs=rngs)
         return sparse_epe(flow, flow_gt, weight=cell_weight), (batch_stats, flow)
 
-    def update(state: TrainState, source, target, flow_gt, cell_weight):
+    def update(state: TrainState, source, target, flow_gt, cell_weight, dropout_rng=None):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, (batch_stats, flow)), grads = grad_fn(
-            state.params, state.batch_stats, source, target, flow_gt, cell_weight
+            state.params, state.batch_stats, source, target, flow_gt, cell_weight, dropout_rng
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         new_state = state.replace(
@@ -91,6 +98,8 @@ class TrainStep:
             normalize_images(batch["target_image"]),
             flow_gt,
             cell_weight,
+            # A stream of its own: the augmentation keeps the key it always had.
+            dropout_rng=jax.random.fold_in(rng, 1),
         )
         del metrics["flow"]
         metrics["keypoints"] = jnp.sum(mask)

@@ -1,0 +1,22 @@
+"""`configs/spair_catspp.py:tiny`: a CATs++ teacher and one student on SPair-71k dummy data."""
+
+import json
+
+from test_config import load
+
+from matchme_jax import selftrain
+
+
+def test_spair_catspp_tiny_trains_a_teacher_and_a_student(tmp_path, tfds_dir):
+    config = load("spair_catspp.py:tiny")
+    assert config.model.name == "catspp"
+    config.dataset.data_dir = tfds_dir
+    config.selftrain.generations = 1
+    config.selftrain.tau = 0.0  # an untrained tiny teacher is never confident
+    results = selftrain.run(config, tmp_path)
+    teacher, student = results["generations"]
+    assert (teacher["role"], student["role"]) == ("teacher", "student")
+    assert 0.0 <= student["test"]["pck@0.1"] <= 100.0
+    stats = json.loads((tmp_path / "gen_1" / "pseudo" / "stats.json").read_text())
+    assert stats["pairs_annotated"] == config.selftrain.num_unlabeled_pairs
+    assert student["pseudo_labels"]["points"] >= 1
