@@ -13,12 +13,16 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from matchme_jax.convert import catspp_from_torch
-from matchme_jax.models import CATsPP
+from matchme_jax.models import CATsPP, build_model
+from matchme_jax.models.cats import resize_bilinear_align_corners
+from matchme_jax.models.conv4d import Conv4d, interpolate4d, max_pool_ceil, transpose4d
 from matchme_jax.testing.seeded_weights import fixture_state_dict
+from matchme_jax.train.state import param_labels
 
 FIXTURE = Path(__file__).parent / "fixtures" / "catspp_seed0_compact.npz"
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -139,3 +143,187 @@ def test_float64_matches_the_official_float64_flow(converted, images, fixture):
         flow = np.asarray(flow)
     max_err, mean_err, _ = _flow_errors(flow, fixture["output/flow_float64"])
     assert max_err <= 2e-5 and mean_err <= 2e-6, (max_err, mean_err)
+
+
+# ---- the 4-D ops and the model's behaviour on a tiny config (64 x 64 images) ----
+
+
+def test_max_pool_ceil_keeps_the_partial_last_window():
+    x = jnp.arange(5.0).reshape(1, 5, 1, 1)
+    np.testing.assert_array_equal(max_pool_ceil(x, (2, 1))[0, :, 0, 0], [1.0, 3.0, 4.0])
+
+
+def test_interpolate4d_is_align_corners_bilinear_on_both_pairs_of_dims():
+    x = np.random.default_rng(0).standard_normal((1, 3, 3, 2, 2, 2)).astype(np.float32)
+
+    def reference(x):
+        # Separable: the source pair, then the target pair, each an align-corners resize.
+        y = resize_bilinear_align_corners(x.reshape(9, 2, 2, 2), 5).reshape(1, 3, 3, 5, 5, 2)
+        y = resize_bilinear_align_corners(transpose4d(y).reshape(25, 3, 3, 2), 5)
+        return transpose4d(y.reshape(1, 5, 5, 5, 5, 2))
+
+    got, want = jax.jit(lambda x: (interpolate4d(x, 5), reference(x)))(x)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(got[:, ::2, ::2, ::4, ::4], x, atol=1e-6)  # corners kept
+
+
+def test_conv4d_sums_a_target_conv_and_a_source_conv_on_pooled_inputs():
+    """A 1x1 kernel reduces each branch to a channel mix of the other pair's max-pool."""
+    x = np.random.default_rng(1).standard_normal((1, 4, 4, 4, 4, 2)).astype(np.float32)
+    conv = Conv4d(3, kernel_size=(1, 1, 1, 1), strides=(2, 2, 1, 1), padding=(0, 0, 0, 0))
+    variables = _numpy_init(jax.eval_shape(conv.init, jax.random.key(0), x))
+    variables["params"]["supp_conv"]["bias"] = np.array([0.1, -0.2, 0.3], np.float32)
+    p = variables["params"]
+    got = np.asarray(jax.jit(conv.apply)(variables, x))
+    assert got.shape == (1, 2, 2, 4, 4, 3)
+    # Query branch: strided 1x1 conv over the target dims (no source pooling: stride 1).
+    query = x[:, ::2, ::2] @ p["query_conv"]["kernel"][0, 0] + p["query_conv"]["bias"]
+    # Source branch: its input is max-pooled 2x2 over the target dims first.
+    pooled = x.reshape(1, 2, 2, 2, 2, 4, 4, 2).max(axis=(2, 4))
+    supp = pooled @ p["supp_conv"]["kernel"][0, 0] + p["supp_conv"]["bias"]
+    np.testing.assert_allclose(got, query + supp, atol=1e-5)
+
+
+TINY = dict(
+    name="catspp",
+    backbone="custom",
+    backbone_blocks=(1, 1, 1, 1),
+    backbone_width=8,
+    feature_size=4,
+    qk_dim=16,
+    affinity_dim=8,
+    mlp_ratio=2.0,
+)
+
+
+def _tiny_model(**overrides):
+    return build_model(ml_collections.ConfigDict({**TINY, **overrides}))
+
+
+def _numpy_init(shapes):
+    """Variables of the given shapes without compiling ``model.init`` (slow on CPU).
+
+    Kernels ~ N(0, 1 / fan_in); norm scales 1, biases and BN means 0, BN variances 1, the
+    soft-argmax grids linspace(-1, 1).
+    """
+    rng = np.random.default_rng(0)
+
+    def leaf(path, shape):
+        name = jax.tree_util.keystr(path[-1:])
+        if name in ("['x_normal']", "['y_normal']"):
+            return np.linspace(-1, 1, shape.shape[0], dtype=np.float32)
+        if name in ("['scale']", "['var']"):
+            return np.ones(shape.shape, np.float32)
+        if len(shape.shape) < 2:
+            return np.zeros(shape.shape, np.float32)
+        fan_in = int(np.prod(shape.shape[:-1]))
+        return (rng.standard_normal(shape.shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(leaf, shapes)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = _tiny_model()
+    k1, k2 = jax.random.split(jax.random.key(0))
+    source = jax.random.normal(k1, (2, 64, 64, 3))
+    target = jax.random.normal(k2, (2, 64, 64, 3))
+    shapes = jax.eval_shape(
+        lambda s, t: model.init(jax.random.key(0), source=s, target=t), source, target
+    )
+    return model, _numpy_init(shapes), source, target
+
+
+@pytest.fixture(scope="module")
+def tiny_outputs(tiny):
+    """Every forward variant in one jit (XLA shares the identical parts; CPU compiles are slow)."""
+    model, variables, source, target = tiny
+
+    def outputs(v, s, t):
+        rngs = {"dropout": jax.random.key(0)}
+        return {
+            "correspondence": model.apply(v, source=s, target=t, method=CATsPP.correspondence),
+            "train": model.apply(
+                v, source=s, target=t, train=True, mutable=["batch_stats"], rngs=rngs
+            ),
+        }
+
+    return jax.jit(outputs)(variables, source, target)
+
+
+def test_tiny_model_param_tree_splits_backbone_and_head(tiny):
+    _, variables, _, _ = tiny
+    params = variables["params"]
+    head = {f"{m}_{j}" for m in ("early_conv", "affinity_proj", "transformers") for j in range(3)}
+    assert set(params) == {"backbone", "x_normal", "y_normal"} | head
+    assert set(variables["batch_stats"]) == {"backbone"}
+    labels = param_labels(params)
+    assert set(jax.tree.leaves(labels["backbone"])) == {"backbone"}
+    assert set(jax.tree.leaves({k: v for k, v in labels.items() if k != "backbone"})) == {"head"}
+    # Positional embeddings per level: one per source token (1, 2, 4 cells a side).
+    assert [params[f"transformers_{j}"]["pos_embed"].shape for j in range(3)] == [
+        (1, 4),
+        (4, 4),
+        (16, 4),
+    ]
+
+
+def test_tiny_model_correspondence_and_train(tiny, tiny_outputs):
+    model, variables, source, target = tiny
+    out = tiny_outputs["correspondence"]
+    flow = out["flow"]
+    assert flow.shape == (2, 4, 4, 2) and np.all(np.isfinite(flow))
+    assert out["confidence"].shape == (2, 4, 4) and out["refined_corr"].shape == (2, 16, 16)
+    probs = jax.nn.softmax(out["refined_corr"] / 0.02, axis=1)
+    np.testing.assert_allclose(out["confidence"], probs.max(axis=1).reshape(2, 4, 4), atol=1e-4)
+    flow_train, updates = tiny_outputs["train"]
+    assert np.all(np.isfinite(flow_train)) and not np.allclose(flow_train, flow)
+    old = variables["batch_stats"]["backbone"]["layer3_0"]["bn2"]["var"]
+    assert not np.allclose(updates["batch_stats"]["backbone"]["layer3_0"]["bn2"]["var"], old)
+
+
+def test_bfloat16_keeps_float32_params_and_outputs(tiny):
+    _, variables, source, target = tiny
+    model = _tiny_model(dtype="bfloat16")
+    shapes = jax.eval_shape(
+        lambda s, t: model.init(jax.random.key(0), source=s, target=t), source, target
+    )
+    assert {leaf.dtype for leaf in jax.tree.leaves(shapes)} == {jnp.dtype("float32")}
+    out = jax.eval_shape(
+        lambda v, s, t: model.apply(
+            v, source=s, target=t, mutable=["intermediates"], method=CATsPP.correspondence
+        ),
+        variables,
+        source,
+        target,
+    )
+    assert out[0]["flow"].dtype == out[0]["confidence"].dtype == jnp.float32
+    corr = out[1]["intermediates"]["corr"][0]
+    assert {c.dtype for c in corr} == {jnp.dtype("bfloat16")}  # the 4-D tensors at half size
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(feature_size=6), "feature_size=6"),
+        (dict(num_heads=3), "num_heads=3"),
+        (dict(backbone_blocks=(1, 1, 1)), "four stages"),
+        (dict(backbone="vgg16"), "backbone='vgg16'"),
+        (dict(affinity_dropout=1.0), "affinity_dropout"),
+        (dict(bn_mode="train"), "bn_mode"),
+        (dict(dtype="int8"), "dtype"),
+        (dict(beta=0.0), "beta"),
+    ],
+)
+def test_invalid_config_raises_a_clear_error(overrides, message):
+    with pytest.raises(ValueError, match="invalid CATs\\+\\+ config") as err:
+        _tiny_model(**overrides)
+    assert message in str(err.value)
+
+
+def test_images_of_the_wrong_size_are_refused(tiny):
+    model, variables, source, target = tiny
+    with pytest.raises(ValueError, match="needs 64-px images"):
+        jax.eval_shape(
+            lambda s, t: model.apply(variables, source=s, target=t), source[:, :32], target
+        )

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from matchme_jax.models import correlation
 from matchme_jax.models.cats import DTYPES, _check_images, _linspace_init, dot_product_attention
 from matchme_jax.models.conv4d import (
+    TORCH_KERNEL_INIT,
     Conv4d,
     Encoder4d,
     Quad,
@@ -122,7 +123,9 @@ class TransformerLayer4d(nn.Module):
             ],
             axis=-1,
         )
-        qk = nn.Dense(2 * self.qk_dim, dtype=self.dtype, name="qk_linear")(tokens)
+        qk = nn.Dense(
+            2 * self.qk_dim, kernel_init=TORCH_KERNEL_INIT, dtype=self.dtype, name="qk_linear"
+        )(tokens)
         head_dim = self.qk_dim // heads
         pos = self.param("pos_embed", _pos_init, (hs * ws, head_dim), jnp.float32)
         # The official split puts the head index INNERMOST: channel j is head j % heads.
@@ -221,6 +224,7 @@ class CATsPP(nn.Module):
                 (3, 3),
                 strides=(2, 2),
                 padding=((1, 1), (1, 1)),
+                kernel_init=TORCH_KERNEL_INIT,
                 dtype=compute,
                 name=f"affinity_proj_{j}",
             )

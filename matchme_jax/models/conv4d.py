@@ -18,6 +18,10 @@ import numpy as np
 
 Quad = tuple[int, int, int, int]
 
+# torch's default Conv2d / Linear weight init, kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)).
+# Uniform also compiles far faster than flax's truncated normal (no erf_inv per parameter).
+TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
 # GroupNorm eps of torch's nn.GroupNorm (flax's default is 1e-6: 0.3 cells of flow error).
 GROUP_NORM_EPS = 1e-5
 
@@ -125,6 +129,7 @@ class Conv4d(nn.Module):
             self.kernel_size[dims],
             strides=self.strides[dims],
             padding=((pad[0], pad[0]), (pad[1], pad[1])),
+            kernel_init=TORCH_KERNEL_INIT,
             dtype=self.dtype,
             name=name,
         )
