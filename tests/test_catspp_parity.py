@@ -133,15 +133,17 @@ def test_float32_matches_the_official_flow_and_intermediates(converted, images, 
 
 
 def test_float64_matches_the_official_float64_flow(converted, images, fixture):
+    """The first pair only: in evaluation every op is per sample (BatchNorm uses its running
+    statistics), so the second pair takes no other code path, and float64 is slow on CPU."""
     model, variables = converted
     with jax.enable_x64(True):
         model64 = model.clone(dtype="float64")
         variables64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
         run = jax.jit(lambda v, s, t: model64.apply(v, source=s, target=t))
-        flow = run(variables64, *(jnp.asarray(x, jnp.float64) for x in images))
+        flow = run(variables64, *(jnp.asarray(x[:1], jnp.float64) for x in images))
         assert flow.dtype == jnp.float64
         flow = np.asarray(flow)
-    max_err, mean_err, _ = _flow_errors(flow, fixture["output/flow_float64"])
+    max_err, mean_err, _ = _flow_errors(flow, fixture["output/flow_float64"][:1])
     assert max_err <= 2e-5 and mean_err <= 2e-6, (max_err, mean_err)
 
 
