@@ -1,4 +1,4 @@
-"""Starting weights: `config.init_from` (our checkpoint or an official CATs one) and
+"""Starting weights: `config.init_from` (our checkpoint or an official CATs / CATs++ one) and
 `config.model.backbone_weights` (torchvision ImageNet ResNet weights for the backbone alone)."""
 
 from pathlib import Path
@@ -27,7 +27,10 @@ def _from_official(path: Path, config) -> dict:
     from matchme_jax import convert
 
     state_dict = convert.load_state_dict_file(path)
-    _, variables = convert.cats_from_torch(state_dict, **config.model.to_dict())
+    from_torch = (
+        convert.catspp_from_torch if config.model.name == "catspp" else convert.cats_from_torch
+    )
+    _, variables = from_torch(state_dict, **config.model.to_dict())
     return variables
 
 

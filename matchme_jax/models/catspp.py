@@ -53,22 +53,22 @@ LEVEL_PADDINGS: tuple[Quad, Quad, Quad] = ((1, 1, 1, 1), (1, 1, 1, 1), (2, 2, 1,
 _pos_init = nn.initializers.normal(stddev=0.02)
 
 
-def clamped_cosine_correlation(source: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
-    """CATs++ correlation of L feature-map pairs (one stage), in one batched product.
+def unit_normalise(features: jnp.ndarray) -> jnp.ndarray:
+    """``f / (||f||_2 + 1e-5)`` over the last axis (CATs++: eps outside the square root)."""
+    return features / (jnp.sqrt(jnp.sum(jnp.square(features), axis=-1, keepdims=True)) + CORR_EPS)
+
+
+def clamped_correlation(source: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+    """CATs++ correlation of L normalised feature-map pairs (one stage), one batched product.
 
     Args:
-        source: [B, L, Hs, Ws, C] features (not normalised).
-        target: [B, L, Ht, Wt, C] features (not normalised).
+        source: [B, L, Hs, Ws, C] unit-normalised features.
+        target: [B, L, Ht, Wt, C] unit-normalised features.
 
     Returns:
-        corr: [B, Ht, Wt, Hs, Ws, L], ``<t/(|t|+1e-5), s/(|s|+1e-5)>`` clamped at 0, in the
-        features' dtype.
+        corr: [B, Ht, Wt, Hs, Ws, L], the dot products clamped at 0, in the inputs' dtype.
     """
-
-    def normalise(f: jnp.ndarray) -> jnp.ndarray:
-        return f / (jnp.sqrt(jnp.sum(jnp.square(f), axis=-1, keepdims=True)) + CORR_EPS)
-
-    corr = jnp.einsum("blijc,blkmc->bijkml", normalise(target), normalise(source))
+    corr = jnp.einsum("blijc,blkmc->bijkml", target, source)
     return jnp.maximum(corr, 0)
 
 
@@ -347,15 +347,14 @@ class CATsPP(nn.Module):
     def _stacked_correlation(self, source: list, target: list) -> jnp.ndarray:
         """One stage's maps -> [B, Ht, Wt, Hs, Ws, L] in the compute dtype.
 
-        Normalised in at least float32, stored in the compute dtype: in bfloat16 the 64^4
-        level, which fills the memory, takes half the bytes.
+        Normalised in at least float32, then correlated in the compute dtype, so in bfloat16
+        the 64^4 level, which fills the memory, never exists in float32.
         """
-        corr_dtype = jnp.promote_types(jnp.dtype(self.dtype), jnp.float32)
-        corr = clamped_cosine_correlation(
-            jnp.stack(source, axis=1).astype(corr_dtype),
-            jnp.stack(target, axis=1).astype(corr_dtype),
-        )
-        return corr.astype(self.dtype)
+        compute = jnp.dtype(self.dtype)
+        corr_dtype = jnp.promote_types(compute, jnp.float32)
+        features = [jnp.stack(maps, axis=1).astype(corr_dtype) for maps in (source, target)]
+        source_n, target_n = (unit_normalise(f).astype(compute) for f in features)
+        return clamped_correlation(source_n, target_n)
 
     def _affinities(self, last_maps: list[jnp.ndarray], train: bool) -> list[jnp.ndarray]:
         """Appearance of each level's last map: [N, h, w, C] -> [N, h/2, w/2, affinity_dim]."""
