@@ -317,6 +317,8 @@ def test_converter_module_documents_its_public_api():
         "backbone_from_torchvision",
         "cats_from_torch",
         "cats_to_torch",
+        "catspp_from_torch",
         "infer_cats_fields",
+        "infer_catspp_fields",
         "load_state_dict_file",
     }
