@@ -28,7 +28,14 @@ import jax
 import jax.numpy as jnp
 
 from matchme_jax.models import correlation
-from matchme_jax.models.cats import DTYPES, _check_images, _linspace_init, dot_product_attention
+from matchme_jax.models.cats import (
+    BACKBONES,
+    BN_MODES,
+    DTYPES,
+    _check_images,
+    _linspace_init,
+    dot_product_attention,
+)
 from matchme_jax.models.conv4d import (
     TORCH_KERNEL_INIT,
     Conv4d,
@@ -40,8 +47,6 @@ from matchme_jax.models.conv4d import (
 )
 from matchme_jax.models.resnet import RESNET_STAGE_BLOCKS, ResNet
 
-BACKBONES = ("resnet101", "resnet50", "custom")
-BN_MODES = ("official", "frozen")
 CORR_EPS = 1e-5  # added to the norm, outside the square root (unlike CATs)
 # Per level (coarse to fine): the transformer's 4-D kernel, target stride and padding. The
 # target stride brings every level's query/key projection to a (f/4)^2 target grid.
@@ -205,12 +210,6 @@ class CATsPP(nn.Module):
         """Tap ids: every bottleneck of stages 2-4 (official ``range(4, 34)`` for ResNet-101)."""
         first = self.stage_blocks[0] + 1
         return tuple(range(first, sum(self.stage_blocks) + 1))
-
-    @property
-    def level_sizes(self) -> tuple[int, int, int]:
-        """Side of each level's correlation after its encoder, coarse to fine: f/4, f/2, f."""
-        f = self.feature_size
-        return (f // 4, f // 2, f)
 
     def setup(self) -> None:
         compute = jnp.dtype(self.dtype)
