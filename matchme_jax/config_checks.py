@@ -74,6 +74,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"between 1 and dataset.max_keypoints ({ds.max_keypoints})",
     )
     need(ds.image_size >= 16, "dataset.image_size", "16 pixels or more")
+    need(
+        config.model.name != "catspp" or ds.image_size == 16 * config.model.feature_size,
+        "dataset.image_size",
+        f"CATs++ needs 16 x model.feature_size = {16 * config.model.feature_size} px "
+        "(16-px cells); change one of the two",
+    )
     need(ds.max_keypoints >= 1, "dataset.max_keypoints", "1 or more")
     need(ds.num_workers >= 0, "dataset.num_workers", "0 or more")
     for field in ("steps", "batch_size", "log_every", "checkpoint_every"):

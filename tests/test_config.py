@@ -54,6 +54,14 @@ def test_bad_values_are_listed_in_one_error():
         assert field in message
 
 
+def test_catspp_image_size_must_match_its_grid():
+    config = load("spair_catspp.py")
+    assert (config.dataset.image_size, config.model.feature_size) == (512, 32)
+    config.dataset.image_size = 256
+    with pytest.raises(ValueError, match=r"dataset.image_size=256: CATs\+\+ needs .* = 512 px"):
+        config_checks.validate(config)
+
+
 def test_workdir_of_another_config_is_refused(tmp_path):
     config = load("synthetic.py:tiny")
     config_checks.check_workdir(config, tmp_path)
