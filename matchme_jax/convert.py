@@ -4,7 +4,7 @@
   ``decoder.*``, ``x_normal``, ``y_normal`` and the BatchNorm buffers) -> ``(model, variables)``;
   ``cats_to_torch`` maps variables back to those keys and layouts.
 * ``catspp_from_torch``: an official CATs++ (``CATsImproved``) state dict (``backbone.*``,
-  ``hpn_learner.*``) -> ``(model, variables)``.
+  ``hpn_learner.*``) -> ``(model, variables)``; ``catspp_to_torch`` maps variables back.
 * ``backbone_from_torchvision``: torchvision ResNet ImageNet weights (``conv1.weight``,
   ``layer1.0.bn1.running_mean``, ...) -> the ``backbone`` subtree of the CATs variables.
 * ``load_state_dict_file``: ``.npz``, ``.safetensors``, and ``.pth``/``.pt`` when torch is
@@ -511,6 +511,25 @@ def catspp_from_torch(
     return model, variables
 
 
+def catspp_to_torch(model: CATsPP, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Flax CATs++ variables -> the official state-dict keys and layouts (inverse converter).
+
+    Only the tensors our model holds come back (no torchvision ``fc``, no
+    ``num_batches_tracked``).
+
+    Args:
+        model: the CATsPP module the variables belong to.
+        variables: ``{"params": ..., "batch_stats": ...}`` of ``model``.
+
+    Returns:
+        ``{torch key: numpy array}`` in PyTorch layouts and the variables' own dtypes.
+    """
+    return {
+        e.torch_key: _to_torch(e.path[-1], _leaf(variables, (e.collection, *e.path)), e.torch_shape)
+        for e in _catspp_table(model).entries
+    }
+
+
 def backbone_from_torchvision(
     state_dict: Mapping[str, np.ndarray], model_cfg: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -613,6 +632,7 @@ __all__ = [
     "cats_from_torch",
     "cats_to_torch",
     "catspp_from_torch",
+    "catspp_to_torch",
     "infer_cats_fields",
     "infer_catspp_fields",
     "load_state_dict_file",

@@ -17,7 +17,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from matchme_jax.convert import catspp_from_torch
+from matchme_jax import init_from
+from matchme_jax.convert import catspp_from_torch, catspp_to_torch
 from matchme_jax.models import CATsPP, build_model
 from matchme_jax.models.cats import resize_bilinear_align_corners
 from matchme_jax.models.conv4d import Conv4d, interpolate4d, max_pool_ceil, transpose4d
@@ -329,3 +330,21 @@ def test_images_of_the_wrong_size_are_refused(tiny):
         jax.eval_shape(
             lambda s, t: model.apply(variables, source=s, target=t), source[:, :32], target
         )
+
+
+def test_converter_round_trip_and_init_from_an_official_file(tiny, tmp_path):
+    """A tiny CATs++ -> official keys and layouts -> ``config.init_from`` -> the same variables."""
+    model, variables, _, _ = tiny
+    state_dict = catspp_to_torch(model, variables)
+    assert state_dict["hpn_learner.transformers.2.layer.0.pos_embed"].shape == (1, 16, 1, 4)
+    # The tiny ResNet's layer 3 has one block, so its level has one correlation map.
+    early = state_dict["hpn_learner.early_conv.1.conv4d.0.0.query_conv.weight"]
+    assert early.shape == (4, 1, 3, 3)
+    # The official model also holds torchvision's unused classifier.
+    state_dict["backbone.fc.weight"] = np.zeros((10, 64), np.float32)
+    state_dict["backbone.fc.bias"] = np.zeros(10, np.float32)
+    np.savez(tmp_path / "official.npz", **state_dict)
+    config = ml_collections.ConfigDict({"model": {**TINY, "backbone_weights": None}})
+    config.init_from = str(tmp_path / "official.npz")
+    loaded = init_from.load_variables(config, variables)
+    jax.tree.map(np.testing.assert_array_equal, loaded, variables)

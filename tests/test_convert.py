@@ -318,6 +318,7 @@ def test_converter_module_documents_its_public_api():
         "cats_from_torch",
         "cats_to_torch",
         "catspp_from_torch",
+        "catspp_to_torch",
         "infer_cats_fields",
         "infer_catspp_fields",
         "load_state_dict_file",
