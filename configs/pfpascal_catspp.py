@@ -8,7 +8,8 @@ Everything as configs/pfpascal.py except the model and its recipe (reference sec
 512-px images, a 32 x 32 flow grid of 16-px cells, head lr 3e-4, backbone lr 3e-6, the backbone
 fine-tuned from torchvision's ImageNet ResNet-101. PCK uses the image threshold, 512 at 512 px.
 A 64^4 correlation at batch 32 is large: the README's CATs++ section gives the memory per
-batch; `--config.model.dtype=bfloat16` halves the 4-D tensors. Runtime and results: not measured yet.
+batch; `--config.model.dtype=bfloat16` halves the 4-D tensors. Runtime and results: not
+measured yet.
 
 `:tiny` trains a seconds-sized CATs++ on the builder's dummy data (CI).
 """
