@@ -40,8 +40,10 @@ def _float_dtypes(tree) -> set[str]:
 def test_bfloat16_flow_is_close_to_float32(setup):
     _, model, variables, batch = setup
     assert _float_dtypes(variables) == {"float32"}  # a bfloat16 model's parameters
-    flow16, conf16 = make_annotate_step(model)(variables, batch)
-    flow32, conf32 = make_annotate_step(model.clone(dtype="float32"))(variables, batch)
+    out16 = make_annotate_step(model)(variables, batch)
+    out32 = make_annotate_step(model.clone(dtype="float32"))(variables, batch)
+    flow16, conf16 = out16["flow"], out16["confidence"]
+    flow32, conf32 = out32["flow"], out32["confidence"]
     assert flow16.dtype == conf16.dtype == jnp.float32
     err = np.abs(np.asarray(flow16) - np.asarray(flow32))
     # Flow is in feature cells (4 x 4 grid); bfloat16 keeps ~3 significant digits.

@@ -44,19 +44,20 @@ def dot_product_attention(
     "auto": cuDNN where those hold and it accepts the shapes, XLA otherwise (in jax <= 0.11,
     ``implementation=None`` always means XLA). float64 runs a plain einsum attention instead,
     because ``jax.nn.dot_product_attention`` runs its softmax in float32, which would cap a
-    float64 parity run at float32 accuracy.
+    float64 parity run at float32 accuracy; so do value heads wider or narrower than the query
+    heads (CATs++), which ``jax.nn`` refuses.
 
     Args:
         query: [B, N, H, D].
         key: [B, M, H, D].
-        value: [B, M, H, D].
+        value: [B, M, H, Dv].
         scale: logit scale (1 / sqrt(D) in ViT attention).
         implementation: one of ``ATTENTION_IMPLEMENTATIONS``.
 
     Returns:
-        [B, N, H, D].
+        [B, N, H, Dv].
     """
-    if query.dtype == jnp.float64:
+    if query.dtype == jnp.float64 or value.shape[-1] != query.shape[-1]:
         return _einsum_attention(query, key, value, scale)
     if implementation == "auto":
         if not _cudnn_may_apply(query.dtype):
@@ -80,9 +81,17 @@ def _cudnn_may_apply(dtype: jnp.dtype) -> bool:
 def _einsum_attention(
     query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, scale: float
 ) -> jnp.ndarray:
-    """The math of ``dot_product_attention`` with the softmax in the inputs' own precision."""
-    logits = jnp.einsum("bnhd,bmhd->bhnm", query, key) * scale
-    probs = jax.nn.softmax(logits, axis=-1)
+    """The math of ``dot_product_attention``, softmax in float32 or the inputs' wider precision.
+
+    Args:
+        query: [B, N, H, D]; key: [B, M, H, D]; value: [B, M, H, Dv].
+
+    Returns:
+        [B, N, H, Dv].
+    """
+    logits_dtype = jnp.promote_types(query.dtype, jnp.float32)
+    logits = jnp.einsum("bnhd,bmhd->bhnm", query, key).astype(logits_dtype) * scale
+    probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
     return jnp.einsum("bhnm,bmhd->bnhd", probs, value)
 
 
