@@ -84,10 +84,12 @@ def prepare_pair(
 
 
 def _prepared(source, dataset_cfg, extra_keys: Sequence[str] = ()) -> grain.MapDataset:
+    size = len(source)
+
     def prepare(index, example):
         prepared = prepare_pair(
             example,
-            index,
+            index % size,  # grain passes the index of a repeated dataset: epoch * size + position
             image_size=dataset_cfg.image_size,
             max_keypoints=dataset_cfg.max_keypoints,
         )

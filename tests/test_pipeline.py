@@ -1,0 +1,34 @@
+"""The host pipeline's bookkeeping: every example's `index` is its position in its source."""
+
+import ml_collections
+import numpy as np
+
+from matchme_jax.data import pipeline
+
+
+class _Pairs:
+    """Ten blank pairs of 8x8 images with two keypoints each."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int) -> dict:
+        image = np.zeros((8, 8, 3), np.uint8)
+        points = np.full((2, 2), float(i % 8), np.float32)
+        box = np.array([0, 0, 7, 7], np.float32)
+        return {
+            "source_image": image,
+            "target_image": image,
+            "source_keypoints": points,
+            "target_keypoints": points,
+            "source_bbox": box,
+            "target_bbox": box,
+            "category": 0,
+        }
+
+
+def test_training_batches_index_each_pair_by_its_position_over_every_epoch():
+    config = ml_collections.ConfigDict(dict(image_size=16, max_keypoints=4, num_workers=0))
+    batches = pipeline.training_iterator([_Pairs()], [1.0], config, batch_size=5, seed=0)
+    indices = np.concatenate([next(batches)["index"] for _ in range(6)])  # three epochs
+    assert sorted(indices[:10]) == sorted(indices[10:20]) == sorted(indices[20:]) == list(range(10))
