@@ -296,17 +296,24 @@ def _trace_variables(model: CATs | CATsPP) -> dict[str, Any]:
     )
 
 
-def _cats_overrides(model_overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Check and normalise the overrides: CATs fields, plus the non-CATs config.model fields."""
-    name = model_overrides.get("name", "cats")
-    if name != "cats":
-        raise ValueError(f"cats_from_torch builds CATs; got name={name!r}")
+def _checked_overrides(
+    model_overrides: Mapping[str, Any], model_cls: type, name: str, label: str
+) -> None:
+    """Raises when the overrides name another model or a field neither model nor config has."""
+    given = model_overrides.get("name", name)
+    if given != name:
+        raise ValueError(f"{name}_from_torch builds {label}; got name={given!r}")
     field_names = set(_CONFIG_ONLY_FIELDS) | {
-        f.name for f in dataclasses.fields(CATs) if f.name not in ("parent", "name")
+        f.name for f in dataclasses.fields(model_cls) if f.name not in ("parent", "name")
     }
     unknown = sorted(set(model_overrides) - field_names)
     if unknown:
-        raise ValueError(f"unknown CATs fields {unknown}; known: {sorted(field_names)}")
+        raise ValueError(f"unknown {label} fields {unknown}; known: {sorted(field_names)}")
+
+
+def _cats_overrides(model_overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Check and normalise the overrides: CATs fields, plus the non-CATs config.model fields."""
+    _checked_overrides(model_overrides, CATs, "cats", "CATs")
     return cats_kwargs(model_overrides)
 
 
@@ -473,15 +480,7 @@ def infer_catspp_fields(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 def _catspp_overrides(model_overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Check and normalise the overrides: CATsPP fields, plus the non-model config fields."""
-    name = model_overrides.get("name", "catspp")
-    if name != "catspp":
-        raise ValueError(f"catspp_from_torch builds CATs++; got name={name!r}")
-    field_names = set(_CONFIG_ONLY_FIELDS) | {
-        f.name for f in dataclasses.fields(CATsPP) if f.name not in ("parent", "name")
-    }
-    unknown = sorted(set(model_overrides) - field_names)
-    if unknown:
-        raise ValueError(f"unknown CATs++ fields {unknown}; known: {sorted(field_names)}")
+    _checked_overrides(model_overrides, CATsPP, "catspp", "CATs++")
     return catspp_kwargs(model_overrides)
 
 

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from matchme_jax.models import correlation
-from matchme_jax.models.resnet import RESNET_STAGE_BLOCKS, ResNet, tap_channels
+from matchme_jax.models import correlation, resnet
+from matchme_jax.models.resnet import ResNet, tap_channels
 
 BACKBONES = ("resnet101", "resnet50", "custom")
 BN_MODES = ("official", "frozen")
@@ -321,14 +321,12 @@ class CATs(nn.Module):
     @property
     def stage_blocks(self) -> tuple[int, ...]:
         """Bottlenecks per stage of the whole backbone (not only the built part)."""
-        if self.backbone == "custom":
-            return tuple(self.backbone_blocks)
-        return RESNET_STAGE_BLOCKS[self.backbone]
+        return resnet.stage_blocks(self.backbone, self.backbone_blocks)
 
     @property
     def stem_width(self) -> int:
         """Stem channels (64 for the torchvision ResNets)."""
-        return self.backbone_width if self.backbone == "custom" else 64
+        return resnet.stem_width(self.backbone, self.backbone_width)
 
     @property
     def embed_dim(self) -> int:

@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from matchme_jax.models import correlation
+from matchme_jax.models import correlation, resnet
 from matchme_jax.models.cats import (
     BACKBONES,
     BN_MODES,
@@ -45,7 +45,7 @@ from matchme_jax.models.conv4d import (
     interpolate4d,
     transpose4d,
 )
-from matchme_jax.models.resnet import RESNET_STAGE_BLOCKS, ResNet
+from matchme_jax.models.resnet import ResNet
 
 CORR_EPS = 1e-5  # added to the norm, outside the square root (unlike CATs)
 # Per level (coarse to fine): the transformer's 4-D kernel, target stride and padding. The
@@ -196,14 +196,12 @@ class CATsPP(nn.Module):
     @property
     def stage_blocks(self) -> tuple[int, ...]:
         """Bottlenecks per stage of the whole backbone."""
-        if self.backbone == "custom":
-            return tuple(self.backbone_blocks)
-        return RESNET_STAGE_BLOCKS[self.backbone]
+        return resnet.stage_blocks(self.backbone, self.backbone_blocks)
 
     @property
     def stem_width(self) -> int:
         """Stem channels (64 for the torchvision ResNets)."""
-        return self.backbone_width if self.backbone == "custom" else 64
+        return resnet.stem_width(self.backbone, self.backbone_width)
 
     @property
     def feat_ids(self) -> tuple[int, ...]:

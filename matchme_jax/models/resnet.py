@@ -21,6 +21,19 @@ from matchme_jax.models.batchnorm import BatchNorm
 EXPANSION = 4
 RESNET_STAGE_BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
 
+
+def stage_blocks(backbone: str, backbone_blocks: tuple[int, ...]) -> tuple[int, ...]:
+    """Bottlenecks per stage of the whole backbone: `backbone_blocks` for "custom"."""
+    if backbone == "custom":
+        return tuple(backbone_blocks)
+    return RESNET_STAGE_BLOCKS[backbone]
+
+
+def stem_width(backbone: str, backbone_width: int) -> int:
+    """Stem channels: `backbone_width` for "custom", 64 for the torchvision ResNets."""
+    return backbone_width if backbone == "custom" else 64
+
+
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), an untruncated normal.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
