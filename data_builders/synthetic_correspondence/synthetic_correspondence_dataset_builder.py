@@ -12,14 +12,13 @@ TensorFlow:
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
+from data_builders import common
 from data_builders.synthetic_correspondence import generator
 
 _DESCRIPTION = """\
@@ -156,8 +155,8 @@ class SyntheticCorrespondence(tfds.core.GeneratorBasedBuilder):
 def _to_features(record: dict[str, Any], split: str, index: int) -> dict[str, Any]:
     """Turns a `generator.generate_pair` record into this builder's feature dict."""
     features = dict(record)
-    features["source_image"] = _encode_png(record["source_image"])
-    features["target_image"] = _encode_png(record["target_image"])
+    features["source_image"] = common.encode_png(record["source_image"])
+    features["target_image"] = common.encode_png(record["target_image"])
     del features["keypoint_ids"]  # Not part of the schema shared with the real benchmarks.
     category = generator.CATEGORY_NAMES[record["category"]]
     stem = f"{split}/{category}/{index:05d}"
@@ -165,15 +164,3 @@ def _to_features(record: dict[str, Any], split: str, index: int) -> dict[str, An
     features["target_image_name"] = f"{stem}_target.png"
     features["pair_id"] = f"{split}-{index:05d}"
     return features
-
-
-def _encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of a `[H, W, 3]` uint8 image.
-
-    TFDS encodes NumPy images with TensorFlow, which this project does not install, so the builder
-    hands TFDS ready-encoded bytes instead. The lowest zlib level keeps the build fast; the
-    noisy images barely compress at higher levels anyway.
-    """
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
