@@ -19,12 +19,12 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import jax
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 # The jitted step lives apart (no grain import); selftrain builds it as annotate.make_annotate_step.
+from matchme_jax import parallel
 from matchme_jax.annotate_step import make_annotate_step  # noqa: F401
 from matchme_jax.data import pipeline
 
@@ -224,9 +224,12 @@ def annotate_pairs(
     cells_seen = {"confidence": [], "candidates": [], "rel_error": []}
     examples = 0
     for batch in pipeline.padded_batches(
-        source, dataset_cfg, batch_size=batch_size, extra_keys=pipeline.TRUTH_KEYS
+        source,
+        dataset_cfg,
+        batch_size=parallel.padded_batch_size(batch_size),
+        extra_keys=pipeline.TRUTH_KEYS,
     ):
-        out = jax.device_get(annotate_step(variables, pipeline.device_batch(batch)))
+        out = parallel.run_on_full_batch(annotate_step, variables, pipeline.device_batch(batch))
         target_c, source_c = cell_correspondences(out["flow"], image_size)
         round_trip = None
         if radius is not None:

@@ -10,9 +10,8 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from matchme_jax import metrics
+from matchme_jax import metrics, parallel
 from matchme_jax.data import pipeline
 from matchme_jax.data.augment import normalize_uint8
 
@@ -74,10 +73,15 @@ def evaluate(
     eval_cfg,
     category_names: Sequence[str],
 ) -> dict:
-    """PCK in percent on every pair of `source`: overall, per category, mean over categories."""
+    """PCK in percent on every pair of `source`: overall, per category, mean over categories.
+
+    Each batch is split over every device (`parallel.run_on_full_batch`); `eval_cfg.batch_size`
+    is rounded up to a multiple of the device count.
+    """
     accumulators = [metrics.PCKAccumulator(category_names) for _ in eval_cfg.alphas]
-    for batch in pipeline.padded_batches(source, dataset_cfg, batch_size=eval_cfg.batch_size):
-        per_pair = np.asarray(eval_step(variables, pipeline.device_batch(batch)))
+    batch_size = parallel.padded_batch_size(eval_cfg.batch_size)
+    for batch in pipeline.padded_batches(source, dataset_cfg, batch_size=batch_size):
+        per_pair = parallel.run_on_full_batch(eval_step, variables, pipeline.device_batch(batch))
         for acc, pck in zip(accumulators, per_pair, strict=True):
             acc.update(pck, batch["valid"], batch["category"])
     result = {}

@@ -4,7 +4,8 @@ One mesh axis `data` over every device of every process: batches are split along
 state is replicated. In a multi-host run each process reads its own shard of the data
 (`pipeline.training_iterator(shard_index=process_index(), ...)`), `shard_batch` assembles the
 global batch from the processes' parts, and only process 0 writes the files we write ourselves
-(Orbax coordinates its own checkpoint writes).
+(Orbax coordinates its own checkpoint writes). Evaluation and annotation batches are read whole
+by every process and split over all devices (`run_on_full_batch`).
 """
 
 import collections
@@ -17,6 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -110,6 +112,33 @@ def shard_batch(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(batch_sharding(), x), batch
     )
+
+
+def padded_batch_size(batch_size: int) -> int:
+    """`batch_size` rounded up to a multiple of the device count, so a batch splits evenly.
+
+    For evaluation and annotation, whose results do not depend on the batch size (BatchNorm in
+    inference mode); the extra rows are padding (`valid=False`).
+    """
+    n = jax.device_count()
+    return -(-batch_size // n) * n
+
+
+def run_on_full_batch(step: Callable, variables, batch: dict[str, np.ndarray]):
+    """`step(variables, batch)` split over every device; its result on every process's host.
+
+    For evaluation and annotation, where every process holds the whole batch (the same rows in
+    the same order): each device gets its slice of the rows, so N devices share the work instead
+    of each computing the whole batch, and the result is gathered back whole on every process.
+    """
+    sharding = batch_sharding()
+    on_devices = jax.tree.map(
+        lambda x: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]), batch
+    )
+    out = step(variables, on_devices)
+    if jax.process_count() == 1:
+        return jax.device_get(out)
+    return multihost_utils.process_allgather(out, tiled=True)
 
 
 def replicate(tree):

@@ -4,13 +4,15 @@
 
 Runs the real train step (tiny synthetic CATs, `configs/synthetic.py:tiny`, weak augmentation)
 for a few steps with BatchNorm "frozen" and "official" on one random batch of 8 pairs split over
-all devices by `parallel.shard_batch`, then the eval step and the eval-mode flow. Everything but
+all devices by `parallel.shard_batch`, then the eval step and the eval-mode flow, then a whole
+evaluation and annotation pass over 7 of its pairs (`parallel.run_on_full_batch`). Everything but
 the device count is fixed by seeds, so runs with different N must agree up to reduction order.
-Writes the losses, final params and batch_stats, per-pair PCK, flow and what the batch's
-sharding looked like to OUT.npz.
+Writes the losses, final params and batch_stats, per-pair PCK, flow, the evaluation result, the
+pseudo labels and what the batches' sharding looked like to OUT.npz.
 """
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -18,9 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from matchme_jax import parallel
+from matchme_jax import annotate, evaluate, parallel
 from matchme_jax.data.augment import AugmentStrength, normalize_uint8
-from matchme_jax.evaluate import make_eval_step
 from matchme_jax.models import build_model
 from matchme_jax.train.state import create_train_state, make_optimizer
 from matchme_jax.train.step import TrainStep
@@ -28,6 +29,7 @@ from matchme_jax.train.step import TrainStep
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.py"
 BATCH_SIZE = 8
 MAX_KEYPOINTS = 8
+EVAL_PAIRS, EVAL_BATCH_SIZE = 7, 3
 # Train steps per BatchNorm mode. "official" takes one: its backward pass through the batch
 # statistics cancels heavily, so reduction-order noise grows fast over further Adam steps (whose
 # first update is lr * sign(g) for every gradient entry, flipping entries that are ~0).
@@ -103,25 +105,79 @@ def train(config, batch, bn_mode: str) -> dict[str, np.ndarray]:
     return out
 
 
-def evaluate(config, batch) -> dict[str, np.ndarray]:
-    """Per-pair PCK and the eval-mode flow of the seeded init on the sharded batch."""
+def raw_examples(batch: dict[str, np.ndarray], count: int) -> list[dict[str, np.ndarray]]:
+    """The first `count` pairs of `batch` as raw examples (TFDS features) for a grain source."""
+    return [
+        {
+            "source_image": batch["source_image"][i],
+            "target_image": batch["target_image"][i],
+            "source_keypoints": batch["source_keypoints"][i][batch["keypoint_mask"][i]],
+            "target_keypoints": batch["target_keypoints"][i][batch["keypoint_mask"][i]],
+            "source_bbox": batch["source_bbox"][i],
+            "target_bbox": batch["target_bbox"][i],
+            "category": np.int32(i % 2),
+        }
+        for i in range(count)
+    ]
+
+
+class SplitRecorder:
+    """Wraps a jitted step; records how each batch it gets is split over the devices."""
+
+    def __init__(self, step):
+        self.step = step
+        self.rows = []
+
+    def __call__(self, variables, batch):
+        self.rows.append([s.data.shape[0] for s in batch["source_image"].addressable_shards])
+        return self.step(variables, batch)
+
+
+def evaluate_and_annotate(config, batch) -> dict[str, np.ndarray]:
+    """The seeded init through `evaluate.evaluate` and `annotate.annotate_pairs` on 7 pairs.
+
+    Batches of `EVAL_BATCH_SIZE` (3), rounded up to the device count: 1 device takes batches of
+    3 (the last padded), 2 and 4 devices batches of 4. Also the eval step on the sharded batch.
+    """
     config.model.bn_mode = "official"
+    config.eval.batch_size = EVAL_BATCH_SIZE
+    config.eval.alphas = (0.1, 0.5)  # 0.5: random weights get some keypoints right
     model = build_model(config.model)
     size = config.dataset.image_size
     images = jnp.zeros((1, size, size, 3), jnp.float32)
     variables = parallel.replicate(model.init(jax.random.key(2), source=images, target=images))
-    eval_step = make_eval_step(model, config.dataset, config.eval)
-    compiled = eval_step.lower(variables, batch).compile()
+    eval_step = evaluate.make_eval_step(model, config.dataset, config.eval)
+    compiled = eval_step.lower(variables, parallel.shard_batch(batch)).compile()
     _, batch_in = compiled.input_shardings[0]
     flow = jax.jit(
         lambda v, b: model.apply(
             v, source=normalize_uint8(b["source_image"]), target=normalize_uint8(b["target_image"])
         )
-    )(variables, batch)
+    )(variables, parallel.shard_batch(batch))
+    pairs = raw_examples(batch, EVAL_PAIRS)
+    eval_recorder = SplitRecorder(eval_step)
+    result = evaluate.evaluate(
+        eval_recorder, variables, pairs, config.dataset, config.eval, ("even", "odd")
+    )
+    annotate_recorder = SplitRecorder(annotate.make_annotate_step(model))
+    pseudo, stats = annotate.annotate_pairs(
+        annotate_recorder,
+        variables,
+        pairs,
+        config.dataset,
+        config.selftrain,
+        batch_size=config.eval.batch_size,
+    )
+    sweep = np.array([[row["tau"], row["pairs"], row["points"]] for row in stats["tau_sweep"]])
     return {
-        "eval/pck": np.asarray(compiled(variables, batch)),
+        "eval/pck": np.asarray(compiled(variables, parallel.shard_batch(batch))),
         "eval/flow": np.asarray(flow),
         "eval/compiled_batch_spec": np.array(str(batch_in["source_image"].spec)),
+        "evaluate/result": np.array(json.dumps(result, sort_keys=True)),
+        "evaluate/shard_rows": np.array(eval_recorder.rows),
+        "annotate/shard_rows": np.array(annotate_recorder.rows),
+        "annotate/tau_sweep": sweep,
+        **{f"annotate/{k}": v for k, v in pseudo.items()},
     }
 
 
@@ -135,11 +191,12 @@ def tiny_config():
 
 def main(out_path: str) -> None:
     config = tiny_config()
-    batch = parallel.shard_batch(random_batch(config.dataset.image_size))
-    results = {"device_count": np.array(jax.device_count()), **sharding_record(batch)}
+    batch = random_batch(config.dataset.image_size)
+    on_devices = parallel.shard_batch(batch)
+    results = {"device_count": np.array(jax.device_count()), **sharding_record(on_devices)}
     for bn_mode in STEPS:
-        results.update(train(config, batch, bn_mode))
-    results.update(evaluate(config, batch))
+        results.update(train(config, on_devices, bn_mode))
+    results.update(evaluate_and_annotate(config, batch))
     np.savez(out_path, **results)
 
 

@@ -2,10 +2,12 @@
 
 Each process puts its half of a batch on its device (`parallel.shard_batch`); the jitted
 annotate step runs on the global batch of both halves. Its flow must equal the flow of the whole
-batch given to every device, and only process 0 may count as the main (writing) process.
+batch given to every device, and so must the flow of the whole batch held by both processes and
+split over their devices (`parallel.run_on_full_batch`, evaluation's and annotation's path). Only
+process 0 may count as the main (writing) process, and only process 0 prepares a dataset in a
+TFDS dir they share while process 1 waits for it (`sources.prepare`).
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import portpicker
 import pytest
+from subprocess_env import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("multihost_worker.py")
@@ -23,9 +26,7 @@ def runs(tmp_path_factory) -> dict[int, dict[str, np.ndarray]]:
     """Process id -> that worker's results."""
     out = tmp_path_factory.mktemp("multihost")
     port = portpicker.pick_unused_port()
-    # The checkout under test first, whatever `pip install -e` points at.
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
+    env = subprocess_env()
     jobs = {}
     for pid in (0, 1):
         command = [sys.executable, str(WORKER), str(pid), "2", str(port), f"{out}/{pid}.npz"]
@@ -51,3 +52,15 @@ def test_the_split_batch_gives_the_flow_of_the_whole_batch(runs):
         np.testing.assert_allclose(run["confidence"], run["whole_confidence"], atol=1e-6)
         assert run["flow"].shape[0] == 8
         assert np.abs(run["whole_flow"]).max() > 0.1  # a real flow, not zeros
+
+
+def test_a_full_batch_held_by_every_process_is_split_and_gathered_back(runs):
+    # Evaluation and annotation: each process reads the whole batch, the devices share it.
+    for run in runs.values():
+        np.testing.assert_allclose(run["full_batch_flow"], run["whole_flow"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(run["full_batch_confidence"], run["whole_confidence"], atol=1e-6)
+
+
+def test_process_0_prepares_a_shared_dataset_the_other_waits_for_it(runs):
+    assert [int(runs[pid]["prepared_here"]) for pid in (0, 1)] == [1, 0]
+    assert int(runs[0]["test_pairs"]) == int(runs[1]["test_pairs"]) == 2

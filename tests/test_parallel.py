@@ -15,16 +15,19 @@ gradients and the BatchNorm batch statistics). Measured on a 2-core CPU, 1 vs 4 
   lr * sign(g), so a few entries whose gradient is ~0 move by up to 2 lr the other way (19 of
   62k measured). A per-device batch statistic would change the loss and the running statistics
   at the 1e-2 level;
-- eval: per-pair PCK exactly equal, flow within 9e-7.
+- eval: per-pair PCK exactly equal, flow within 9e-7; a whole evaluation (`evaluate.evaluate`)
+  and annotation pass (`annotate.annotate_pairs`) over 7 pairs in batches split over the devices
+  give the same PCK and the same pseudo labels.
 """
 
-import os
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from subprocess_env import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("parallel_worker.py")
@@ -34,12 +37,10 @@ LEARNING_RATE = 1e-3  # configs/synthetic.py:tiny, head and backbone
 
 
 def _start(n: int, out: Path) -> subprocess.Popen:
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags.strip()}
     return subprocess.Popen(
         [sys.executable, str(WORKER), str(out)],
         cwd=ROOT,
-        env=env,
+        env=subprocess_env(f"--xla_force_host_platform_device_count={n}"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -114,3 +115,28 @@ def test_eval_step_equals_one_device(runs, n):
     np.testing.assert_array_equal(many["eval/pck"], one["eval/pck"])
     assert one["eval/pck"].any()  # some keypoints are correct: the equality is not of zeros
     np.testing.assert_allclose(many["eval/flow"], one["eval/flow"], rtol=1e-5, atol=5e-6)
+
+
+@pytest.mark.parametrize("n", DEVICE_COUNTS)
+def test_evaluation_and_annotation_batches_are_split_over_every_device(runs, n):
+    # Eval batches of 3 are rounded up to a multiple of the device count: 3 (+ padding) on one
+    # device, 4 on two or four; each device gets its rows, none the whole batch.
+    size = 3 if n == 1 else 4
+    batches = -(-7 // size)
+    for key in ("evaluate/shard_rows", "annotate/shard_rows"):
+        np.testing.assert_array_equal(runs[n][key], [[size // n] * n] * batches, err_msg=key)
+
+
+@pytest.mark.parametrize("n", DEVICE_COUNTS[1:])
+def test_evaluation_and_annotation_equal_one_device(runs, n):
+    one, many = runs[1], runs[n]
+    result = json.loads(str(one["evaluate/result"]))
+    assert result == json.loads(str(many["evaluate/result"]))
+    assert result["num_pairs"] == 7 and result["pck@0.5"] > 0
+    np.testing.assert_array_equal(many["annotate/tau_sweep"], one["annotate/tau_sweep"])
+    assert one["annotate/tau_sweep"][:, 2].max() > 0  # the sweep kept points at some tau
+    np.testing.assert_array_equal(many["annotate/index"], one["annotate/index"])
+    for key in ("source_keypoints", "target_keypoints", "confidence"):
+        np.testing.assert_allclose(
+            many[f"annotate/{key}"], one[f"annotate/{key}"], atol=1e-4, err_msg=key
+        )

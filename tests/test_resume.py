@@ -11,7 +11,6 @@ functions instead of compiling them again (about 20 s instead of 70 s on 2 cores
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from subprocess_env import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
@@ -85,10 +85,7 @@ CHOSEN_KILLS = (
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory, tfds_dir):
     cache = tmp_path_factory.mktemp("jax_cache")
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    env = subprocess_env(
         JAX_COMPILATION_CACHE_DIR=str(cache),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",

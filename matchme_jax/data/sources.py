@@ -1,11 +1,14 @@
 """Opening the prepared TFDS datasets as random-access sources (no TensorFlow needed)."""
 
 import os
+from collections.abc import Callable
 
 import tensorflow_datasets as tfds
 from absl import logging
+from jax.experimental import multihost_utils
 
 import data_builders  # noqa: F401  (registers the project's builders with TFDS)
+from matchme_jax import parallel
 
 # Builders whose data is generated on the spot: preparing them needs nothing from outside,
 # so a run prepares them on first use instead of asking the user to.
@@ -27,20 +30,37 @@ def _builder(dataset_cfg) -> tfds.core.DatasetBuilder:
         ) from e
 
 
+def _prepared(builder_fn: Callable[[], tfds.core.DatasetBuilder], manual_dir, what: str):
+    """`builder_fn()`'s builder, its data prepared first where it is not.
+
+    In a multi-process run, process 0 prepares first while the others wait: on a shared
+    filesystem they then find the data prepared; with one disk per host each host prepares its
+    own copy, one after the other. Every process must call this at the same points of the run.
+    """
+    several = parallel.process_count() > 1
+    if several and not parallel.is_main_process():
+        multihost_utils.sync_global_devices(f"prepared {what}")
+    builder = builder_fn()
+    if not builder.is_prepared():
+        logging.info("Preparing %s in %s", what, builder.data_dir)
+        download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+        builder.download_and_prepare(download_config=download_config)
+    if several and parallel.is_main_process():
+        multihost_utils.sync_global_devices(f"prepared {what}")
+    return builder
+
+
 def prepare(dataset_cfg) -> tfds.core.DatasetBuilder:
     """Returns the dataset's builder, generating the data first when it is procedural."""
     builder = _builder(dataset_cfg)
-    if not builder.is_prepared():
-        if dataset_cfg.name not in GENERATED_DATASETS and not dataset_cfg.manual_dir:
+    if not builder.is_prepared() and dataset_cfg.name not in GENERATED_DATASETS:
+        if not dataset_cfg.manual_dir:
             raise FileNotFoundError(
                 f"Dataset {builder.info.full_name} is not prepared in {builder.data_dir}. Prepare "
                 "it once (see the README, 'Real datasets'), or set config.dataset.manual_dir to "
                 "the folder that holds the downloaded archive."
             )
-        logging.info("Preparing %s in %s", builder.info.full_name, builder.data_dir)
-        download_config = tfds.download.DownloadConfig(manual_dir=dataset_cfg.manual_dir)
-        builder.download_and_prepare(download_config=download_config)
-    return builder
+    return _prepared(lambda: _builder(dataset_cfg), dataset_cfg.manual_dir, builder.info.full_name)
 
 
 def prepare_unlabeled_folder(folder: str, data_dir: os.PathLike) -> tfds.core.DatasetBuilder:
@@ -51,14 +71,13 @@ def prepare_unlabeled_folder(folder: str, data_dir: os.PathLike) -> tfds.core.Da
         data_dir: where this run keeps the prepared copy (inside its workdir, so that two runs
             on different folders never share one).
     """
-    builder = tfds.builder(
-        "unlabeled_images", data_dir=os.fspath(data_dir), file_format="array_record"
+    return _prepared(
+        lambda: tfds.builder(
+            "unlabeled_images", data_dir=os.fspath(data_dir), file_format="array_record"
+        ),
+        folder,
+        f"the unlabeled images of {folder}",
     )
-    if not builder.is_prepared():
-        logging.info("Preparing the unlabeled images of %s in %s", folder, data_dir)
-        download_config = tfds.download.DownloadConfig(manual_dir=folder)
-        builder.download_and_prepare(download_config=download_config)
-    return builder
 
 
 def open_split(dataset_cfg, split: str):
