@@ -156,6 +156,28 @@ def test_the_process_shards_add_up_to_the_one_process_batches():
         )
 
 
+def test_every_process_resumes_from_the_iterator_state_process_0_saved():
+    # A checkpoint holds process 0's data-iterator state only (Orbax writes JSON on the primary
+    # host); every process restores it. That is right only if the shards' states agree.
+    source = [_example(i) for i in range(10)]
+    dataset_cfg = ml_collections.ConfigDict(dict(image_size=16, max_keypoints=4, num_workers=0))
+
+    def shard(index: int):
+        return pipeline.training_iterator(
+            [source], [1.0], dataset_cfg, batch_size=4, seed=0, shard_index=index, shard_count=2
+        )
+
+    first, second = shard(0), shard(1)
+    for _ in range(3):  # into the second epoch: 10 pairs are 2.5 global batches
+        next(first), next(second)
+    saved = first.get_state()
+    assert saved == second.get_state()
+    resumed = shard(1)
+    resumed.set_state(saved)
+    for _ in range(4):
+        np.testing.assert_array_equal(next(resumed)["index"], next(second)["index"])
+
+
 def test_distributed_initialisation_only_when_the_config_or_environment_asks(monkeypatch):
     calls = []
     fake = types.SimpleNamespace(is_initialized=lambda: False, initialize=lambda: calls.append(1))
