@@ -1,4 +1,5 @@
-"""`configs/spair_catspp.py:tiny`: a CATs++ teacher and one student on SPair-71k dummy data."""
+"""`configs/spair_catspp.py:tiny`: a CATs++ teacher and one student on SPair-71k dummy data; the
+student evaluated on PF-WILLOW dummy data by `configs/pfwillow_catspp.py:tiny`."""
 
 import json
 
@@ -20,3 +21,11 @@ def test_spair_catspp_tiny_trains_a_teacher_and_a_student(tmp_path, tfds_dir):
     stats = json.loads((tmp_path / "gen_1" / "pseudo" / "stats.json").read_text())
     assert stats["pairs_annotated"] == config.selftrain.num_unlabeled_pairs
     assert student["pseudo_labels"]["points"] >= 1
+
+    willow = load("pfwillow_catspp.py:tiny")
+    assert (willow.model.name, willow.eval.threshold) == ("catspp", "bbox_kp")
+    willow.dataset.data_dir = tfds_dir
+    willow.init_from = str(tmp_path / "gen_1")
+    result = selftrain.run(willow, tmp_path / "willow")
+    assert result["threshold"] == "bbox_kp" and result["num_pairs"] > 0
+    assert (tmp_path / "willow" / "eval" / "pf_willow_test.json").exists()
