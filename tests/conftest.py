@@ -1,9 +1,21 @@
-"""Test setup: CPU only, absl flags parsed (grain workers need them), a shared TFDS dir, and
-how many processes share the suite."""
+"""Test setup: CPU only, a shared compilation cache, absl flags parsed (grain workers need
+them), a shared TFDS dir, and how many processes share the suite."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the session, its xdist workers and the subprocesses they
+# start (all inherit the variable): the many tests that build the same tiny model compile each of
+# its programs once. The process that made it removes it at exit.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="matchme_test_jax_cache_")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
