@@ -7,7 +7,8 @@
 #   3. train step, fine-tuned and frozen, float32 (XLA's default TF32 matmuls on the GPU)
 #   4. train step, fine-tuned, bfloat16 with XLA attention (is cuDNN's kernel faster here?);
 #      if the cuDNN rows of 1 failed, 2 and 4 use XLA attention and 4 covers both backbones
-#   5. host input pipeline, synthetic pairs on the 256-px canvas, 0 and 8 grain workers
+#   5. host input pipeline on SPair-like JPEGs (benchmarks/spair_like_data.py), 0, 4, 8 and 14
+#      grain workers
 # Each row group runs in its own process with what is left of BUDGET_S seconds (default 540),
 # and every finished row is kept even if a later one is killed. Then everything is merged into
 # benchmarks/results/<card>.json (and copied to $OUT, where the device tool collects files).
@@ -21,10 +22,9 @@ PY=${PYTHON:-python3}
 BUDGET_S=${BUDGET_S:-540}
 STEPS=${STEPS:-20}
 WARMUP=${WARMUP:-3}
-# A CPU smoke test of this script: SPAIR_CONFIG=configs/spair.py:tiny BATCH=4
-# SYNTHETIC_CONFIG=configs/synthetic.py:tiny STEPS=1 WARMUP=0 PYTHON=.venv/bin/python
+# A CPU smoke test of this script: SPAIR_CONFIG=configs/spair.py:tiny BATCH=4 STEPS=1 WARMUP=0
+# PYTHON=.venv/bin/python
 SPAIR_CONFIG=${SPAIR_CONFIG:-configs/spair.py}
-SYNTHETIC_CONFIG=${SYNTHETIC_CONFIG:-configs/synthetic.py}
 BATCH=${BATCH:-32}
 deadline=$((SECONDS + BUDGET_S))
 work=$(mktemp -d)
@@ -73,10 +73,18 @@ else
     rows train_bf16_xla_attention "${spair[@]}" --modes=train --precisions=bf16 \
         --backbones=fine_tuned,frozen --config.model.attention=xla
 fi
-synthetic=(--config="$SYNTHETIC_CONFIG" --config.dataset.image_size=256 --batch_sizes="$BATCH"
-    --modes=input --input_batches=40 --config.dataset.data_dir="$work/tfds")
-rows input_0_workers "${synthetic[@]}" --config.dataset.num_workers=0
-rows input_8_workers "${synthetic[@]}" --config.dataset.num_workers=8
+# The host pipeline on SPair-like JPEGs (VOC-sized images in SPair-71k's layout, made here).
+if $PY benchmarks/spair_like_data.py --out="$work/manual" --pairs=1500 --images=300 >>"$log" 2>&1 &&
+    $PY -m data_builders.prepare --dataset=spair71k --data_dir="$work/tfds" \
+        --manual_dir="$work/manual" >>"$log" 2>&1; then
+    input=(--config="$SPAIR_CONFIG" --config.dataset.data_dir="$work/tfds" --batch_sizes="$BATCH"
+        --modes=input --input_batches=40)
+    for workers in 0 4 8 14; do
+        rows "input_${workers}_workers" "${input[@]}" --config.dataset.num_workers=$workers
+    done
+else
+    echo "input rows: the SPair-like data could not be prepared (see above)" | tee -a "$log"
+fi
 
 $PY -m matchme_jax.bench.collect --out_dir=benchmarks/results "${files[@]}" | tee -a "$log"
 if [ -n "${OUT:-}" ]; then

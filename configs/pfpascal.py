@@ -20,6 +20,7 @@ from matchme_jax import defaults
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = defaults.base_config()
     config.dataset.name = "pf_pascal"
+    config.dataset.num_workers = defaults.REAL_DATA_WORKERS
     config.eval.threshold = "img"
     config.selftrain.unlabeled_pairs = "train_images"
     # About 100 epochs of PF-PASCAL's training pairs (roughly 2,900) at batch 32.

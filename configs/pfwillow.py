@@ -19,6 +19,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = defaults.base_config()
     config.mode = "evaluate"
     config.dataset.name = "pf_willow"
+    config.dataset.num_workers = defaults.REAL_DATA_WORKERS
     config.eval.threshold = "willow_cats"
 
     if arg == "tiny":

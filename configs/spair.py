@@ -20,6 +20,7 @@ from matchme_jax import defaults
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = defaults.base_config()
     config.dataset.name = "spair71k"
+    config.dataset.num_workers = defaults.REAL_DATA_WORKERS
     config.selftrain.unlabeled_pairs = "train_images"
     config.selftrain.num_unlabeled_pairs = 20_000
     # 100 epochs of the 53,340 training pairs at batch 32, as the official train.py.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from matchme_jax import config_checks
+from matchme_jax import config_checks, defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
@@ -31,6 +31,12 @@ def test_every_config_and_its_tiny_variant_validate(name, arg):
             config_checks.validate(config)
         config.init_from = "/some/checkpoint"
     config_checks.validate(config)
+
+
+@pytest.mark.parametrize("name", [c for c in CONFIGS if c != "synthetic.py"])
+def test_real_benchmarks_read_with_worker_processes_tiny_variants_in_process(name):
+    assert load(name).dataset.num_workers == defaults.REAL_DATA_WORKERS > 0
+    assert load(f"{name}:tiny").dataset.num_workers == 0
 
 
 def test_bad_values_are_listed_in_one_error():
