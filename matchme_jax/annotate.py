@@ -23,8 +23,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-# The jitted step lives apart (no grain import); selftrain builds it as annotate.make_annotate_step.
 from matchme_jax import parallel
+
+# The jitted step lives apart (no grain import); selftrain builds it as annotate.make_annotate_step.
 from matchme_jax.annotate_step import make_annotate_step  # noqa: F401
 from matchme_jax.data import pipeline
 
