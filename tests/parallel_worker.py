@@ -147,13 +147,14 @@ def evaluate_and_annotate(config, batch) -> dict[str, np.ndarray]:
     images = jnp.zeros((1, size, size, 3), jnp.float32)
     variables = parallel.replicate(model.init(jax.random.key(2), source=images, target=images))
     eval_step = evaluate.make_eval_step(model, config.dataset, config.eval)
-    compiled = eval_step.lower(variables, parallel.shard_batch(batch)).compile()
+    on_devices = parallel.shard_batch(batch)
+    compiled = eval_step.lower(variables, on_devices).compile()
     _, batch_in = compiled.input_shardings[0]
     flow = jax.jit(
         lambda v, b: model.apply(
             v, source=normalize_uint8(b["source_image"]), target=normalize_uint8(b["target_image"])
         )
-    )(variables, parallel.shard_batch(batch))
+    )(variables, on_devices)
     pairs = raw_examples(batch, EVAL_PAIRS)
     eval_recorder = SplitRecorder(eval_step)
     result = evaluate.evaluate(
@@ -170,7 +171,7 @@ def evaluate_and_annotate(config, batch) -> dict[str, np.ndarray]:
     )
     sweep = np.array([[row["tau"], row["pairs"], row["points"]] for row in stats["tau_sweep"]])
     return {
-        "eval/pck": np.asarray(compiled(variables, parallel.shard_batch(batch))),
+        "eval/pck": np.asarray(compiled(variables, on_devices)),
         "eval/flow": np.asarray(flow),
         "eval/compiled_batch_spec": np.array(str(batch_in["source_image"].spec)),
         "evaluate/result": np.array(json.dumps(result, sort_keys=True)),
