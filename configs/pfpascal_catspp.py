@@ -14,7 +14,6 @@ measured yet.
 `:tiny` trains a seconds-sized CATs++ on the builder's dummy data (CI).
 """
 
-import importlib.util
 from pathlib import Path
 
 import ml_collections
@@ -22,20 +21,10 @@ import ml_collections
 from matchme_jax import defaults
 
 
-def _cats_config(arg: str | None) -> ml_collections.ConfigDict:
-    """configs/pfpascal.py's config (a config file is loaded by path, not as a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "pfpascal", Path(__file__).with_name("pfpascal.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg not in (None, "tiny"):
         raise ValueError(f"configs/pfpascal_catspp.py takes no argument or ':tiny', got {arg!r}")
-    config = _cats_config(None)
+    config = defaults.load_config_file(Path(__file__).with_name("pfpascal.py"))
     defaults.use_catspp(config)
     if arg == "tiny":
         defaults.shrink_to_tiny_on_dummy_data(config, "pf_pascal")

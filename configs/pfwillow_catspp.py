@@ -11,7 +11,6 @@ Everything as configs/pfwillow.py except the model (configs/pfpascal_catspp.py's
 `:tiny` evaluates a seconds-sized CATs++ on the builder's dummy data (CI; pass init_from).
 """
 
-import importlib.util
 from pathlib import Path
 
 import ml_collections
@@ -19,20 +18,10 @@ import ml_collections
 from matchme_jax import defaults
 
 
-def _cats_config(arg: str | None) -> ml_collections.ConfigDict:
-    """configs/pfwillow.py's config (a config file is loaded by path, not as a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "pfwillow", Path(__file__).with_name("pfwillow.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg not in (None, "tiny"):
         raise ValueError(f"configs/pfwillow_catspp.py takes no argument or ':tiny', got {arg!r}")
-    config = _cats_config(None)
+    config = defaults.load_config_file(Path(__file__).with_name("pfwillow.py"))
     defaults.use_catspp(config)
     config.eval.threshold = "bbox_kp"
     if arg == "tiny":

@@ -11,7 +11,6 @@ processes share. Writes all of it with the process's view of the run (device and
 whether it is the main process).
 """
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -19,14 +18,6 @@ import jax
 
 BATCH_SIZE = 8
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def load_config(name: str, arg: str):
-    """`--config=configs/<name>.py:<arg>`, loaded as the flag would load it."""
-    spec = importlib.util.spec_from_file_location(f"{name}_config", CONFIGS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 def prepare_shared_dataset(data_dir: Path) -> dict:
@@ -37,6 +28,7 @@ def prepare_shared_dataset(data_dir: Path) -> dict:
     """
     import tensorflow_datasets as tfds
 
+    from matchme_jax import defaults
     from matchme_jax.data import sources
 
     calls = []
@@ -47,7 +39,7 @@ def prepare_shared_dataset(data_dir: Path) -> dict:
         return prepare(builder, *args, **kwargs)
 
     tfds.core.DatasetBuilder.download_and_prepare = counted
-    config = load_config("spair", "tiny")
+    config = defaults.load_config_file(CONFIGS / "spair.py", "tiny")
     config.dataset.data_dir = str(data_dir)
     test_pairs = len(sources.open_split(config.dataset, "test"))
     return {"prepared_here": len(calls), "test_pairs": test_pairs}
@@ -63,12 +55,12 @@ def main(process_id: int, num_processes: int, port: int, out_path: str) -> None:
     import numpy as np
     from jax.experimental import multihost_utils
 
-    from matchme_jax import parallel
+    from matchme_jax import defaults, parallel
     from matchme_jax.annotate_step import make_annotate_step
     from matchme_jax.bench import random_batch
     from matchme_jax.models import build_model
 
-    config = load_config("synthetic", "tiny")
+    config = defaults.load_config_file(CONFIGS / "synthetic.py", "tiny")
     model = build_model(config.model)
     size = config.dataset.image_size
     images = jnp.zeros((1, size, size, 3), jnp.float32)

@@ -11,7 +11,6 @@ Writes the losses, final params and batch_stats, per-pair PCK, flow, the evaluat
 pseudo labels and what the batches' sharding looked like to OUT.npz.
 """
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from matchme_jax import annotate, evaluate, parallel
+from matchme_jax import annotate, defaults, evaluate, parallel
 from matchme_jax.data.augment import AugmentStrength, normalize_uint8
 from matchme_jax.models import build_model
 from matchme_jax.train.state import create_train_state, make_optimizer
@@ -182,16 +181,8 @@ def evaluate_and_annotate(config, batch) -> dict[str, np.ndarray]:
     }
 
 
-def tiny_config():
-    """`--config=configs/synthetic.py:tiny`, loaded as the flag would load it."""
-    spec = importlib.util.spec_from_file_location("synthetic_config", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config("tiny")
-
-
 def main(out_path: str) -> None:
-    config = tiny_config()
+    config = defaults.load_config_file(CONFIG, "tiny")
     batch = random_batch(config.dataset.image_size)
     on_devices = parallel.shard_batch(batch)
     results = {"device_count": np.array(jax.device_count()), **sharding_record(on_devices)}

@@ -1,6 +1,5 @@
 """Configs: `:tiny` variants, command-line overrides, and clear errors for bad values."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +15,7 @@ CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
 def load(spec: str):
     """A config as `--config=configs/<spec>` would load it."""
     path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("config", ROOT / "configs" / path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    return defaults.load_config_file(ROOT / "configs" / path, arg or None)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
