@@ -13,6 +13,13 @@ random batches of the config's shapes (image_size, max_keypoints), so they need 
 dataset nor grain/TFDS; the `input` row reads the config's training split through the real
 grain pipeline (host only) and needs both.
 
+Each train/annotate row also records memory: `memory_planned` (XLA's buffer assignment of the
+compiled program: arguments, outputs, temporaries) and `peak_bytes`, the device allocator's peak
+in use, which covers the whole process so far (run one row per process for a row's own peak;
+null where the device keeps no statistics, e.g. a CPU). `compile_only=True` compiles the rows and
+records compile time, FLOPs and planned memory without running them: the GPU script uses it to
+fill the persistent compilation cache in parallel processes before timing one row at a time.
+
 Any config field can be overridden as in run.py (`--config.model.attention=xla`). A row that
 fails (say, a kernel the device refuses) is recorded with its error and the others still run.
 The command line lives in `__main__.py`; this module holds the measurements.
@@ -107,6 +114,35 @@ def compiled_flops(compiled: jax.stages.Compiled) -> float | None:
     return float(flops) if flops and flops > 0 else None
 
 
+def planned_memory(compiled: jax.stages.Compiled) -> dict | None:
+    """Bytes of XLA's buffer assignment for one call (per device); None where not reported."""
+    try:
+        stats = compiled.memory_analysis()
+    except (NotImplementedError, RuntimeError):
+        return None
+    if stats is None:
+        return None
+    sizes = {
+        name: int(getattr(stats, f"{name}_size_in_bytes"))
+        for name in ("argument", "output", "alias", "temp", "generated_code")
+        if hasattr(stats, f"{name}_size_in_bytes")
+    }
+    # Donated arguments alias outputs: count those bytes once.
+    sizes["total"] = sum(sizes.get(k, 0) for k in ("argument", "output", "temp")) - sizes.get(
+        "alias", 0
+    )
+    peak = getattr(stats, "peak_memory_in_bytes", None)
+    if peak:
+        sizes["peak"] = int(peak)
+    return sizes
+
+
+def peak_bytes_in_use() -> int | None:
+    """The first device's allocator peak since the process started; None if not tracked."""
+    stats = jax.local_devices()[0].memory_stats()
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
 def time_calls(call: Callable[[], object], steps: int, warmup: int) -> list[float]:
     """Seconds of `steps` calls after `warmup`, each waited for on the device."""
     for _ in range(warmup):
@@ -119,25 +155,48 @@ def time_calls(call: Callable[[], object], steps: int, warmup: int) -> list[floa
     return seconds
 
 
-def _summary(
-    times: list[float], batch_size: int, flops: float | None, precision: str, compile_s: float
+def profile_calls(call: Callable[[], object], directory: str, calls: int = 3) -> None:
+    """A `jax.profiler` trace of `calls` more calls in `directory`, with a Perfetto JSON file
+    (`plugins/profile/*/perfetto_trace.json.gz`) that benchmarks/profile_summary.py reads."""
+    try:
+        with jax.profiler.trace(directory, create_perfetto_trace=True):
+            for _ in range(calls):
+                jax.block_until_ready(call())
+    # A profiler the machine cannot run must not lose the row's timing, taken before.
+    except Exception:  # noqa: BLE001
+        logging.error("bench: no trace in %s:\n%s", directory, traceback.format_exc())
+
+
+def _compiled_summary(
+    compiled: jax.stages.Compiled, batch_size: int, precision: str, compile_s: float
 ) -> dict:
-    """pairs/s (median), FLOPs per pair and MFU of timed calls on `batch_size` pairs."""
+    """What the compiled program says of itself: compile time, FLOPs per pair, planned memory."""
+    flops = compiled_flops(compiled)
+    # The cost analysis is of one device's share of the batch.
+    flops_per_pair = flops * jax.device_count() / batch_size if flops else None
+    return {
+        "compile_s": round(compile_s, 2),
+        "flops_per_pair": flops_per_pair,
+        "peak_flops_per_device": peak_flops(jax.devices()[0].device_kind, precision),
+        "memory_planned": planned_memory(compiled),
+    }
+
+
+def _timed_summary(compiled_summary: dict, times: list[float], batch_size: int) -> dict:
+    """pairs/s (median) and the MFU it implies, with the allocator's peak after the calls."""
     median = statistics.median(times)
     pairs_per_s = batch_size / median
+    flops_per_pair = compiled_summary["flops_per_pair"]
+    peak = compiled_summary["peak_flops_per_device"]
     devices = jax.device_count()
-    # The cost analysis is of one device's share of the batch.
-    flops_per_pair = flops * devices / batch_size if flops else None
-    peak = peak_flops(jax.devices()[0].device_kind, precision)
     mfu = pairs_per_s * flops_per_pair / (peak * devices) if flops_per_pair and peak else None
     return {
         "pairs_per_s": round(pairs_per_s, 2),
         "step_time_median_s": median,
         "step_times_s": times,
-        "compile_s": round(compile_s, 2),
-        "flops_per_pair": flops_per_pair,
-        "peak_flops_per_device": peak,
+        **compiled_summary,
         "mfu": mfu,
+        "peak_bytes": peak_bytes_in_use(),
     }
 
 
@@ -155,7 +214,16 @@ def _init_variables(model, image_size: int):
     return init(jax.random.key(0, impl="rbg"))
 
 
-def train_row(config, batch_size: int, precision: str, backbone: str, steps: int, warmup: int):
+def train_row(
+    config,
+    batch_size: int,
+    precision: str,
+    backbone: str,
+    steps: int,
+    warmup: int,
+    compile_only: bool = False,
+    profile_dir: str | None = None,
+):
     """Times THE train step (augmentation, targets, forward, backward, AdamW) on random pairs."""
     frozen = backbone == "frozen"
     model_cfg = _model_config(config, precision, frozen)
@@ -175,7 +243,9 @@ def train_row(config, batch_size: int, precision: str, backbone: str, steps: int
 
     start = time.perf_counter()
     compiled = train_step.lower(state, batch, rng, strength).compile()
-    compile_s = time.perf_counter() - start
+    summary = _compiled_summary(compiled, batch_size, precision, time.perf_counter() - start)
+    if compile_only:
+        return summary
 
     metrics = {}
 
@@ -185,8 +255,10 @@ def train_row(config, batch_size: int, precision: str, backbone: str, steps: int
         return state, metrics
 
     times = time_calls(call, steps, warmup)
+    if profile_dir:
+        profile_calls(call, profile_dir)
     return {
-        **_summary(times, batch_size, compiled_flops(compiled), precision, compile_s),
+        **_timed_summary(summary, times, batch_size),
         "final_loss": float(metrics["loss"]),
         # Mixed precision keeps parameters and optimizer state in float32.
         "state_float_dtypes": _float_dtypes((state.params, state.opt_state)),
@@ -198,7 +270,15 @@ def _float_dtypes(tree) -> list[str]:
     return sorted({str(x.dtype) for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)})
 
 
-def annotate_row(config, batch_size: int, precision: str, steps: int, warmup: int):
+def annotate_row(
+    config,
+    batch_size: int,
+    precision: str,
+    steps: int,
+    warmup: int,
+    compile_only: bool = False,
+    profile_dir: str | None = None,
+):
     """Times the annotator's jitted step (eval-mode forward: flow and confidence)."""
     model = build_model(_model_config(config, precision, frozen=False))
     size = config.dataset.image_size
@@ -206,9 +286,13 @@ def annotate_row(config, batch_size: int, precision: str, steps: int, warmup: in
     batch = parallel.shard_batch(random_batch(batch_size, size, config.dataset.max_keypoints))
     start = time.perf_counter()
     compiled = make_annotate_step(model).lower(variables, batch).compile()
-    compile_s = time.perf_counter() - start
+    summary = _compiled_summary(compiled, batch_size, precision, time.perf_counter() - start)
+    if compile_only:
+        return summary
     times = time_calls(lambda: compiled(variables, batch), steps, warmup)
-    return _summary(times, batch_size, compiled_flops(compiled), precision, compile_s)
+    if profile_dir:
+        profile_calls(lambda: compiled(variables, batch), profile_dir)
+    return _timed_summary(summary, times, batch_size)
 
 
 def input_row(config, batch_size: int, batches: int, warmup: int) -> dict:
@@ -258,32 +342,37 @@ def environment() -> dict:
     }
 
 
-def _rows(config, modes, batch_sizes, precisions, backbones, steps, warmup, input_batches):
-    """(row description, function computing its numbers) for every requested combination."""
+def _rows(config, modes, batch_sizes, precisions, backbones, input_batches, timing: dict):
+    """(row description, function computing its numbers) for every requested combination.
+
+    `timing`: the keyword arguments of the train and annotate rows (steps, warmup, compile_only,
+    profile_dir).
+    """
     for mode, batch_size in itertools.product(modes, batch_sizes):
         if mode == "input":
-            row = {"mode": mode, "batch_size": batch_size}
-            yield row, functools.partial(input_row, config, batch_size, input_batches, warmup)
+            row = {"framework": "jax", "mode": mode, "batch_size": batch_size}
+            yield (
+                row,
+                functools.partial(input_row, config, batch_size, input_batches, timing["warmup"]),
+            )
             continue
         for precision in precisions:
             row = {
+                "framework": "jax",
+                "model": config.model.name,
                 "mode": mode,
                 "batch_size": batch_size,
                 "precision": precision,
-                "attention": config.model.attention,
+                # CATs++ has no attention setting: its one path is "auto"'s.
+                "attention": config.model.get("attention", "auto"),
             }
             if mode == "annotate":
-                yield (
-                    row,
-                    functools.partial(annotate_row, config, batch_size, precision, steps, warmup),
-                )
+                yield row, functools.partial(annotate_row, config, batch_size, precision, **timing)
                 continue
             for backbone in backbones:
                 yield (
                     {**row, "backbone": backbone},
-                    functools.partial(
-                        train_row, config, batch_size, precision, backbone, steps, warmup
-                    ),
+                    functools.partial(train_row, config, batch_size, precision, backbone, **timing),
                 )
 
 
@@ -316,14 +405,22 @@ def run(
     steps: int,
     warmup: int,
     input_batches: int = 30,
+    compile_only: bool = False,
+    profile_dir: str | None = None,
     after_each_row: Callable[[dict], None] | None = None,
 ) -> dict:
     """Runs every requested row; returns the JSON content (see the module docstring).
+
+    `compile_only`: train and annotate rows are compiled, not run (no pairs/s); input rows are
+    skipped, having nothing to compile. `profile_dir`: after timing, each train/annotate row
+    traces 3 more calls there (one subfolder per row).
 
     `after_each_row(result_so_far)` runs after every row, so that a run stopped by a time
     limit still leaves the rows it finished.
     """
     check_choices(modes, precisions, backbones, batch_sizes, steps, warmup)
+    if compile_only:
+        modes = [mode for mode in modes if mode != "input"]
     parallel.enable_compilation_cache(config.compilation_cache_dir)
     result = {
         "config": {
@@ -334,10 +431,14 @@ def run(
         "environment": environment(),
         "steps": steps,
         "warmup": warmup,
+        "compile_only": compile_only,
         "rows": [],
     }
-    rows = _rows(config, modes, batch_sizes, precisions, backbones, steps, warmup, input_batches)
-    for description, measure in rows:
+    timing = dict(steps=steps, warmup=warmup, compile_only=compile_only)
+    rows = _rows(config, modes, batch_sizes, precisions, backbones, input_batches, timing)
+    for index, (description, measure) in enumerate(rows):
+        if profile_dir and description["mode"] != "input":
+            measure = functools.partial(measure, profile_dir=os.path.join(profile_dir, str(index)))
         logging.info("bench %s", description)
         try:
             numbers = measure()

@@ -19,6 +19,12 @@ _BACKBONES = flags.DEFINE_list("backbones", ["fine_tuned"], f"Train mode: any of
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed calls per row (the median is reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed calls before timing (after compiling).")
 _INPUT_BATCHES = flags.DEFINE_integer("input_batches", 30, "Input mode: batches to time.")
+_COMPILE_ONLY = flags.DEFINE_bool(
+    "compile_only", False, "Compile the train/annotate rows (FLOPs, planned memory), run nothing."
+)
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir", None, "Trace 3 more calls of each train/annotate row there (jax.profiler)."
+)
 flags.mark_flags_as_required(["config", "json"])
 
 
@@ -42,6 +48,8 @@ def main(argv):
         steps=_STEPS.value,
         warmup=_WARMUP.value,
         input_batches=_INPUT_BATCHES.value,
+        compile_only=_COMPILE_ONLY.value,
+        profile_dir=_PROFILE_DIR.value,
         after_each_row=write,
     )
     write(result)
