@@ -8,6 +8,8 @@ from the same initialisation with the same step budget on labeled + pseudo-label
 Writes W/results.json and one Orbax checkpoint directory per generation (W/gen_<g>/).
 
 `--config=configs/synthetic.py:tiny` is a CPU-sized smoke variant (seconds) used by the tests.
+`--config.dataset.generator_seed=N` renders another benchmark of the same sizes from seed N, into
+a dataset of its own (`default_seed<N>`, `tiny_seed<N>`); 0, the default, is the usual one.
 Expected result and runtime: see the README's table (measured on a 2-core CPU).
 """
 

@@ -9,6 +9,7 @@ import ml_collections
 from matchme_jax.corruption_benchmark import TABLE_ALPHA
 from matchme_jax.data.augment import AugmentStrength
 from matchme_jax.data.corruptions import CORRUPTIONS, SEVERITIES
+from matchme_jax.data.sources import NOT_SEEDED, SEEDED_DATASET
 from matchme_jax.data.unlabeled import UNLABELED_PAIRS
 from matchme_jax.evaluate import THRESHOLDS
 
@@ -26,6 +27,8 @@ HARMLESS_FIELDS = (
     "distributed",
     "model.attention",  # the kernel, not the math (also absent from older workdirs' config)
 )
+# Fields that older workdirs' config.json lacks, with the value those runs had.
+ADDED_FIELDS = {"dataset.generator_seed": 0}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -82,6 +85,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
     need(ds.max_keypoints >= 1, "dataset.max_keypoints", "1 or more")
     need(ds.num_workers >= 0, "dataset.num_workers", "0 or more")
+    need(ds.generator_seed >= 0, "dataset.generator_seed", "0 or more")
+    need(ds.generator_seed == 0 or ds.name == SEEDED_DATASET, "dataset.generator_seed", NOT_SEEDED)
     for field in ("steps", "batch_size", "log_every", "checkpoint_every"):
         need(tr[field] >= 1, f"train.{field}", "1 or more")
     need(config.eval.batch_size >= 1, "eval.batch_size", "1 or more")
@@ -143,7 +148,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
     path = workdir / CONFIG_FILE
     current = json.loads(config.to_json())
     if path.exists():
-        saved = _flatten(json.loads(path.read_text()))
+        saved = {**ADDED_FIELDS, **_flatten(json.loads(path.read_text()))}
         now = _flatten(current)
         differ = sorted(
             k

@@ -26,6 +26,7 @@ import numpy as np
 from absl import logging
 
 from matchme_jax import evaluate
+from matchme_jax.data import sources
 from matchme_jax.data.corruptions import CorruptedPairs
 from matchme_jax.data.unlabeled import Subset
 
@@ -36,7 +37,7 @@ STEMS = {"spair71k": "spair_c"}
 
 def output_stem(dataset_cfg) -> str:
     """`spair_c_<split>` for SPair-71k, `<dataset>_c_<split>` otherwise."""
-    stem = STEMS.get(dataset_cfg.name, f"{dataset_cfg.name}_c")
+    stem = STEMS.get(dataset_cfg.name, f"{sources.file_stem(dataset_cfg)}_c")
     return f"{stem}_{dataset_cfg.test_split}"
 
 
@@ -52,6 +53,8 @@ def _settings(config, num_pairs: int) -> dict:
     dataset = json.loads(config.dataset.to_json())
     for field in ("data_dir", "manual_dir", "num_workers"):  # where and how fast, not what
         dataset.pop(field)
+    if not dataset["generator_seed"]:  # seed 0: the settings of files saved before seeds existed
+        dataset.pop("generator_seed")
     return {
         "checkpoint": config.init_from,
         "num_pairs": num_pairs,

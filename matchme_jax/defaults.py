@@ -115,6 +115,10 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             name="spair71k",
             builder_config=config_dict.placeholder(str),
+            # synthetic_correspondence only: render the benchmark from this seed. N != 0 is a
+            # dataset of its own (TFDS config `<builder_config>_seed<N>`, prepared on first use);
+            # 0 is the named config itself. Other datasets: 0.
+            generator_seed=0,
             data_dir=config_dict.placeholder(
                 str
             ),  # default: $TFDS_DATA_DIR or ~/tensorflow_datasets

@@ -53,6 +53,7 @@ class Run:
         dataset_cfg = config.dataset
         self.test_source = sources.open_split(dataset_cfg, dataset_cfg.test_split)
         self.categories = sources.category_names(dataset_cfg)
+        self.dataset_name = sources.full_name(dataset_cfg)  # recorded with the results
         self.model = build_model(config.model)
         self.optimizer = make_optimizer(
             config.optim,
@@ -213,7 +214,7 @@ def run(config, workdir: str | Path) -> dict:
         config_checks.check_workdir(config, workdir)
     run_ = Run(config, workdir)
     generations = config.selftrain.generations if config.mode == "selftrain" else 0
-    results = {"generations": []}
+    results = {"dataset": run_.dataset_name, "generations": []}
     teacher = None
     for g in range(generations + 1):
         gen_dir = workdir / f"gen_{g}"
@@ -263,11 +264,12 @@ def run(config, workdir: str | Path) -> dict:
 
 
 def evaluate_checkpoint(run_: Run) -> dict:
-    """Tests `config.init_from`; writes W/eval/<dataset>_<split>.{json,md}."""
+    """Tests `config.init_from`; writes W/eval/<dataset>_<split>.{json,md} (see `file_stem`)."""
     config = run_.config
     result = run_.test(run_.init_variables)
     result["checkpoint"] = config.init_from
-    name = f"{config.dataset.name}_{config.dataset.test_split}"
+    result["dataset"] = run_.dataset_name
+    name = f"{sources.file_stem(config.dataset)}_{config.dataset.test_split}"
     table = evaluate.markdown_table(result, config.eval.alphas, run_.categories)
     if not parallel.is_main_process():
         return result

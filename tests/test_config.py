@@ -1,5 +1,6 @@
 """Configs: `:tiny` variants, command-line overrides, and clear errors for bad values."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,23 @@ def test_bad_values_are_listed_in_one_error():
         assert field in message
 
 
+def test_generator_seed_is_0_or_more_and_only_for_the_synthetic_benchmark():
+    config = load("synthetic.py:tiny")
+    config.dataset.generator_seed = 5
+    config_checks.validate(config)
+    config.dataset.generator_seed = -1
+    with pytest.raises(ValueError, match=r"dataset.generator_seed=-1: 0 or more"):
+        config_checks.validate(config)
+    config = load("spair.py")
+    config.dataset.generator_seed = 2
+    with pytest.raises(ValueError) as error:
+        config_checks.validate(config)
+    assert (
+        "config.dataset.generator_seed=2: only dataset.name='synthetic_correspondence' is "
+        "rendered from a seed; use 0 (the default)" in str(error.value)
+    )
+
+
 def test_catspp_image_size_must_match_its_grid():
     config = load("spair_catspp.py")
     assert (config.dataset.image_size, config.model.feature_size) == (512, 32)
@@ -72,6 +90,18 @@ def test_workdir_of_another_config_is_refused(tmp_path):
     config_checks.check_workdir(config, tmp_path)
     config.selftrain.tau = 0.5
     with pytest.raises(ValueError, match=r"selftrain.tau: 0.7 -> 0.5"):
+        config_checks.check_workdir(config, tmp_path)
+
+
+def test_workdir_of_another_generator_seed_is_refused_older_ones_are_seed_0(tmp_path):
+    config = load("synthetic.py:tiny")
+    config_checks.check_workdir(config, tmp_path)
+    saved = json.loads((tmp_path / config_checks.CONFIG_FILE).read_text())
+    del saved["dataset"]["generator_seed"]  # as written before the field existed
+    (tmp_path / config_checks.CONFIG_FILE).write_text(json.dumps(saved))
+    config_checks.check_workdir(config, tmp_path)
+    config.dataset.generator_seed = 3
+    with pytest.raises(ValueError, match=r"dataset.generator_seed: 0 -> 3"):
         config_checks.check_workdir(config, tmp_path)
 
 
@@ -108,6 +138,14 @@ def _run_py(*args: str) -> subprocess.CompletedProcess:
                 "--workdir=/tmp/x",
             ],
             "selftrain.tau=2.0",
+        ),
+        (
+            [
+                "--config=configs/synthetic.py:tiny",
+                "--config.dataset.generator_seed=-2",
+                "--workdir=/tmp/x",
+            ],
+            "dataset.generator_seed=-2: 0 or more",
         ),
     ],
 )

@@ -25,6 +25,7 @@ def test_results_json_has_every_generation(tiny_run):
     config, workdir, results = tiny_run
     on_disk = json.loads((workdir / "results.json").read_text())
     assert on_disk["generations"] == results["generations"]
+    assert on_disk["dataset"] == results["dataset"] == "synthetic_correspondence/tiny/1.0.0"
     gens = results["generations"]
     assert [g["generation"] for g in gens] == [0, 1, 2]
     assert [g["role"] for g in gens] == ["teacher", "student", "student"]
@@ -79,6 +80,7 @@ def test_evaluate_mode_tests_our_checkpoint(tiny_run, tmp_path):
     assert result["pck@0.1"] == results["generations"][0]["test"]["pck@0.1"]
     saved = json.loads((tmp_path / "eval" / "synthetic_correspondence_test.json").read_text())
     assert saved["pck@0.1"] == result["pck@0.1"]
+    assert saved["dataset"] == "synthetic_correspondence/tiny/1.0.0"
     table = (tmp_path / "eval" / "synthetic_correspondence_test.md").read_text()
     assert "| fish |" in table and "**mean over categories**" in table
     assert len(list((tmp_path / "eval" / "matches").glob("*.png"))) == 8  # the first 8 pairs

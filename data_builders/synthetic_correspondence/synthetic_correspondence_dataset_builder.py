@@ -1,8 +1,9 @@
 """TFDS builder for the embedded synthetic semantic-correspondence benchmark.
 
 Nothing is downloaded: every pair is rendered by `generator.generate_pair` from
-`(config.seed, split, index)`, so a build is reproducible bit for bit. Build and read without
-TensorFlow:
+`(config.seed, split, index)`, so a build is reproducible bit for bit. Config `<config>_seed<N>`
+is config `<config>` rendered from seed N (see `SyntheticCorrespondence.get_builder_config`).
+Build and read without TensorFlow:
 
     builder = SyntheticCorrespondence(config="tiny", data_dir=d, file_format="array_record")
     builder.download_and_prepare()
@@ -12,6 +13,8 @@ TensorFlow:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,6 +102,21 @@ class SyntheticCorrespondence(tfds.core.GeneratorBasedBuilder):
     ]
     DEFAULT_CONFIG_NAME = "default"
 
+    @classmethod
+    def get_builder_config(
+        cls, name: str, version: str | tfds.core.Version | None = None
+    ) -> tfds.core.BuilderConfig | None:
+        """Also knows every `<config>_seed<N>` (see `seeded_config_name`), made on demand.
+
+        TFDS looks configs up by name here, so `tfds.builder("synthetic_correspondence/tiny_seed3")`
+        and `tfds build --config=tiny_seed3` both work, and each seed is prepared in its own folder.
+        """
+        config = super().get_builder_config(name, version)
+        match = _SEEDED_NAME.fullmatch(name)
+        if config is None and match and super().get_builder_config(match["base"], version):
+            config = _seeded_config(match["base"], int(match["seed"]))
+        return config
+
     def _info(self) -> tfds.core.DatasetInfo:
         grid = generator.GRID_SIZE
         image = tfds.features.Image(shape=(None, None, 3), encoding_format="png")
@@ -150,6 +168,33 @@ class SyntheticCorrespondence(tfds.core.GeneratorBasedBuilder):
         for index in range(size):
             record = generator.generate_pair(config.seed, split, index, image_size)
             yield index, _to_features(record, split, index)
+
+
+# `<config>_seed<N>`, N >= 1 without leading zeros: seed 0 is the named config itself.
+_SEEDED_NAME = re.compile(r"(?P<base>.+)_seed(?P<seed>[1-9][0-9]*)")
+
+
+def seeded_config_name(config_name: str, seed: int) -> str:
+    """The name of builder config `config_name` rendered from generator seed `seed` instead.
+
+    Seed 0 is the named config itself (the data prepared before seeds could be chosen); any other
+    seed gets its own name, hence its own prepared folder, `<config>_seed<N>`.
+    """
+    if seed < 0:
+        raise ValueError(f"A generator seed is 0 or more, got {seed}")
+    return f"{config_name}_seed{seed}" if seed else config_name
+
+
+@functools.cache
+def _seeded_config(base_name: str, seed: int) -> SyntheticCorrespondenceConfig:
+    """Config `base_name` with another seed; cached: TFDS wants the very object it looked up."""
+    base = SyntheticCorrespondence.builder_configs[base_name]
+    return dataclasses.replace(
+        base,
+        name=seeded_config_name(base_name, seed),
+        description=f"{base.description} Rendered from generator seed {seed}.",
+        seed=seed,
+    )
 
 
 def _to_features(record: dict[str, Any], split: str, index: int) -> dict[str, Any]:

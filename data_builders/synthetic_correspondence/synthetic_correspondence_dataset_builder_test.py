@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 
 from data_builders.synthetic_correspondence import SyntheticCorrespondence, generator
+from data_builders.synthetic_correspondence.synthetic_correspondence_dataset_builder import (
+    seeded_config_name,
+)
 
 TINY_SIZES = {"train": 10, "unlabeled": 20, "validation": 10, "test": 10}
 TINY_IMAGE_SIZE = (48, 64)
@@ -71,6 +74,21 @@ def test_different_seeds_give_different_data():
     assert first["category"] == second["category"]
     assert not np.array_equal(first["source_image"], second["source_image"])
     assert not np.array_equal(first["dense_correspondence"], second["dense_correspondence"])
+
+
+def test_seeded_configs_are_the_named_ones_with_another_seed():
+    tiny = SyntheticCorrespondence.get_builder_config("tiny")
+    seeded = SyntheticCorrespondence.get_builder_config(seeded_config_name("tiny", 3))
+    assert seeded.name == "tiny_seed3" and seeded.seed == 3 and tiny.seed == 0
+    assert seeded.split_sizes() == tiny.split_sizes() == TINY_SIZES
+    assert (seeded.min_image_size, seeded.max_image_size) == TINY_IMAGE_SIZE
+    # The same object every time: TFDS refuses a config equal to, but not, the one it looks up.
+    assert SyntheticCorrespondence.get_builder_config("tiny_seed3") is seeded
+    assert seeded_config_name("default", 0) == "default"  # seed 0: the named config itself
+    for name in ("tiny_seed0", "tiny_seed03", "huge_seed1", "tiny_seed3_seed4"):
+        assert SyntheticCorrespondence.get_builder_config(name) is None, name
+    with pytest.raises(ValueError, match="0 or more"):
+        seeded_config_name("tiny", -1)
 
 
 def test_no_image_is_shared_between_pairs_or_splits(tiny):

@@ -8,26 +8,58 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 import data_builders  # noqa: F401  (registers the project's builders with TFDS)
+from data_builders.synthetic_correspondence import SyntheticCorrespondence
+from data_builders.synthetic_correspondence.synthetic_correspondence_dataset_builder import (
+    seeded_config_name,
+)
 from matchme_jax import parallel
 
 # Builders whose data is generated on the spot: preparing them needs nothing from outside,
 # so a run prepares them on first use instead of asking the user to.
 GENERATED_DATASETS = ("synthetic_correspondence",)
+# The one builder rendered from `config.dataset.generator_seed`; the others take seed 0 only.
+SEEDED_DATASET = SyntheticCorrespondence.name
+NOT_SEEDED = f"only dataset.name={SEEDED_DATASET!r} is rendered from a seed; use 0 (the default)"
 
 
 def _builder(dataset_cfg) -> tfds.core.DatasetBuilder:
     name = dataset_cfg.name
-    if dataset_cfg.builder_config:
+    kwargs = {"data_dir": dataset_cfg.data_dir or os.environ.get("TFDS_DATA_DIR")}
+    if dataset_cfg.generator_seed:
+        kwargs["config"] = _seeded_config(dataset_cfg)
+    elif dataset_cfg.builder_config:
         name = f"{name}/{dataset_cfg.builder_config}"
-    data_dir = dataset_cfg.data_dir or os.environ.get("TFDS_DATA_DIR")
     try:
-        return tfds.builder(name, data_dir=data_dir, file_format="array_record")
+        return tfds.builder(name, file_format="array_record", **kwargs)
     except tfds.core.registered.DatasetNotFoundError as e:
         raise ValueError(
             f"config.dataset.name={dataset_cfg.name!r} (builder config "
             f"{dataset_cfg.builder_config!r}) is not a dataset this project knows; "
             "see data_builders/ for the available builders."
         ) from e
+
+
+def _seeded_config(dataset_cfg) -> tfds.core.BuilderConfig:
+    """Config `dataset.builder_config` of the synthetic benchmark, from `dataset.generator_seed`.
+
+    It is a dataset of its own, `<config>_seed<N>`. The config object, not its name, goes to
+    TFDS: given the name of a prepared config missing from BUILDER_CONFIGS, TFDS would read its
+    files without the builder (a ReadOnlyBuilder).
+    """
+    if dataset_cfg.name != SEEDED_DATASET:
+        raise ValueError(
+            f"config.dataset.generator_seed={dataset_cfg.generator_seed}: {NOT_SEEDED}"
+        )
+    base = dataset_cfg.builder_config or SyntheticCorrespondence.DEFAULT_CONFIG_NAME
+    config = SyntheticCorrespondence.get_builder_config(
+        seeded_config_name(base, dataset_cfg.generator_seed)
+    )
+    if config is None:
+        raise ValueError(
+            f"config.dataset.builder_config={base!r}: not a config of {SEEDED_DATASET}; use one "
+            f"of {list(SyntheticCorrespondence.builder_configs)}"
+        )
+    return config
 
 
 def _prepared(builder_fn: Callable[[], tfds.core.DatasetBuilder], manual_dir, what: str):
@@ -89,6 +121,17 @@ def open_split(dataset_cfg, split: str):
             f"it has {sorted(builder.info.splits)}."
         )
     return builder.as_data_source(split=split)
+
+
+def full_name(dataset_cfg) -> str:
+    """`<name>/<config>/<version>` of the dataset read (synthetic_correspondence/tiny/1.0.0)."""
+    return prepare(dataset_cfg).info.full_name
+
+
+def file_stem(dataset_cfg) -> str:
+    """`<name>`, or `<name>_seed<N>` for generator seed N != 0: names output files per benchmark."""
+    seed = dataset_cfg.generator_seed
+    return f"{dataset_cfg.name}_seed{seed}" if seed else dataset_cfg.name
 
 
 def category_names(dataset_cfg) -> list[str]:
