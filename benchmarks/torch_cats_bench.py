@@ -47,12 +47,10 @@ import types
 
 import torch
 
-# Dense peak FLOP/s of one device (first substring of the device name that matches wins).
-PEAK_FLOPS = (
-    ("H100 PCIe", {"bf16": 756e12, "fp32": 51e12}),
-    ("H100", {"bf16": 989e12, "fp32": 67e12}),
-    ("H200", {"bf16": 989e12, "fp32": 67e12}),
-)
+# The MFU table shared with matchme_jax.bench (matchme_jax.peaks imports nothing, so no JAX).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from matchme_jax.peaks import peak_flops  # noqa: E402
+
 # (mode, precision, backbone) in run order; the flags pick a subset.
 ROWS = (
     ("train", "bf16", "fine_tuned"),
@@ -76,6 +74,11 @@ LR, LR_BACKBONE, WEIGHT_DECAY = 3e-5, 3e-6, 0.05
 
 def load_official(official_dir):
     """The official CATs class and EPE loss, with the ImageNet weight download patched away."""
+    if not os.path.isfile(os.path.join(official_dir, "models", "cats.py")):
+        raise FileNotFoundError(
+            f"--official_dir={official_dir}: no official CATs code there (models/cats.py); "
+            "run benchmarks/fetch_official_cats.sh first"
+        )
     sys.path.insert(0, os.path.abspath(official_dir))
     # optimize.py imports tqdm and scikit-image for its progress bar and PCK evaluation, which
     # the loss does not use: stand-ins where they are missing (the GPU machine may lack both).
@@ -98,13 +101,6 @@ def load_official(official_dir):
     from utils_training.optimize import EPE
 
     return CATs, EPE
-
-
-def peak_flops(device_name, precision):
-    for name, peaks in PEAK_FLOPS:
-        if name in device_name:
-            return peaks[precision]
-    return None
 
 
 def environment(device, commit):

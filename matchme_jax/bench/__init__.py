@@ -6,8 +6,8 @@ r"""Throughput benchmark: the train step, the annotator and the host input pipel
 
 One row per (mode, batch size, precision, backbone): pairs/s as the median over `--steps` timed
 calls after `--warmup` untimed ones (each call waits for the device, `block_until_ready`), the
-model FLOPs per pair from XLA's cost analysis of the compiled program, and the model FLOPs
-utilisation (MFU) they imply against the device's dense peak (`PEAK_FLOPS`; null where the
+model FLOPs per pair from XLA's cost analysis of the lowered program, and the model FLOPs
+utilisation (MFU) they imply against the device's dense peak (`matchme_jax.peaks`; null where the
 device is not in the table, e.g. a CPU). Train and annotate rows run the real jitted steps on
 random batches of the config's shapes (image_size, max_keypoints), so they need neither the
 dataset nor grain/TFDS; the `input` row reads the config's training split through the real
@@ -44,6 +44,7 @@ from matchme_jax import parallel
 from matchme_jax.annotate_step import make_annotate_step
 from matchme_jax.data.augment import AugmentStrength
 from matchme_jax.models import build_model
+from matchme_jax.peaks import peak_flops
 from matchme_jax.train.state import create_train_state, make_optimizer
 from matchme_jax.train.step import TrainStep
 
@@ -51,15 +52,6 @@ MODES = ("train", "annotate", "input")
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 BACKBONES = ("fine_tuned", "frozen")
 
-# Dense peak FLOP/s of one device by compute precision, matched on a substring of jax's
-# `device_kind` (first match wins). "fp32" is the non-tensor-core float32 peak; XLA runs float32
-# matmuls and convolutions in TF32 on these GPUs by default, so fp32 MFU can read high.
-PEAK_FLOPS = (
-    ("H100 PCIe", {"bf16": 756e12, "fp32": 51e12}),
-    ("H100", {"bf16": 989e12, "fp32": 67e12}),
-    ("H200", {"bf16": 989e12, "fp32": 67e12}),
-    ("A100", {"bf16": 312e12, "fp32": 19.5e12}),
-)
 VERSIONED_PACKAGES = (
     "jax",
     "jaxlib",
@@ -69,14 +61,6 @@ VERSIONED_PACKAGES = (
     "optax",
     "numpy",
 )
-
-
-def peak_flops(device_kind: str, precision: str) -> float | None:
-    """Dense peak FLOP/s of one device of `device_kind` at `precision`; None if unknown."""
-    for name, peaks in PEAK_FLOPS:
-        if name in device_kind:
-            return peaks[precision]
-    return None
 
 
 def random_batch(batch_size: int, image_size: int, max_keypoints: int, seed: int = 0) -> dict:
@@ -105,9 +89,9 @@ def random_batch(batch_size: int, image_size: int, max_keypoints: int, seed: int
     }
 
 
-def compiled_flops(compiled: jax.stages.Compiled) -> float | None:
-    """FLOPs of one call of a compiled program per device, from XLA's cost analysis."""
-    costs = compiled.cost_analysis()
+def program_flops(stage: jax.stages.Lowered | jax.stages.Compiled) -> float | None:
+    """FLOPs of one call of a program per device, from XLA's cost analysis of `stage`."""
+    costs = stage.cost_analysis()
     if isinstance(costs, list | tuple):  # older jax: one dict per program
         costs = costs[0] if costs else None
     flops = (costs or {}).get("flops")
@@ -156,8 +140,8 @@ def time_calls(call: Callable[[], object], steps: int, warmup: int) -> list[floa
 
 
 def profile_calls(call: Callable[[], object], directory: str, calls: int = 3) -> None:
-    """A `jax.profiler` trace of `calls` more calls in `directory`, with a Perfetto JSON file
-    (`plugins/profile/*/perfetto_trace.json.gz`) that benchmarks/profile_summary.py reads."""
+    """A `jax.profiler` trace of `calls` more calls in `directory`, with the Perfetto JSON file
+    (`plugins/profile/*/perfetto_trace.json.gz`) that `matchme_jax.bench.profile` summarises."""
     try:
         with jax.profiler.trace(directory, create_perfetto_trace=True):
             for _ in range(calls):
@@ -168,15 +152,25 @@ def profile_calls(call: Callable[[], object], directory: str, calls: int = 3) ->
 
 
 def _compiled_summary(
-    compiled: jax.stages.Compiled, batch_size: int, precision: str, compile_s: float
+    lowered: jax.stages.Lowered,
+    compiled: jax.stages.Compiled,
+    batch_size: int,
+    precision: str,
+    compile_s: float,
 ) -> dict:
-    """What the compiled program says of itself: compile time, FLOPs per pair, planned memory."""
-    flops = compiled_flops(compiled)
+    """What the program says of itself: compile time, FLOPs per pair, planned memory.
+
+    `flops_per_pair` counts the lowered program, the model's arithmetic on any backend; MFU uses
+    it. `flops_per_pair_compiled` counts what XLA compiled, which on a GPU leaves out the
+    convolutions and matmuls it hands to cuDNN and cuBLAS (about 3 % of the total on an H200).
+    """
     # The cost analysis is of one device's share of the batch.
-    flops_per_pair = flops * jax.device_count() / batch_size if flops else None
+    per_pair = jax.device_count() / batch_size
+    flops, flops_compiled = program_flops(lowered), program_flops(compiled)
     return {
         "compile_s": round(compile_s, 2),
-        "flops_per_pair": flops_per_pair,
+        "flops_per_pair": flops * per_pair if flops else None,
+        "flops_per_pair_compiled": flops_compiled * per_pair if flops_compiled else None,
         "peak_flops_per_device": peak_flops(jax.devices()[0].device_kind, precision),
         "memory_planned": planned_memory(compiled),
     }
@@ -241,9 +235,11 @@ def train_row(
     batch = parallel.shard_batch(random_batch(batch_size, size, config.dataset.max_keypoints))
     rng, strength = jax.random.key(1), AugmentStrength.from_config(config.augment.teacher)
 
+    lowered = train_step.lower(state, batch, rng, strength)
     start = time.perf_counter()
-    compiled = train_step.lower(state, batch, rng, strength).compile()
-    summary = _compiled_summary(compiled, batch_size, precision, time.perf_counter() - start)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
+    summary = _compiled_summary(lowered, compiled, batch_size, precision, compile_s)
     if compile_only:
         return summary
 
@@ -284,9 +280,11 @@ def annotate_row(
     size = config.dataset.image_size
     variables = parallel.replicate(_init_variables(model, size))
     batch = parallel.shard_batch(random_batch(batch_size, size, config.dataset.max_keypoints))
+    lowered = make_annotate_step(model).lower(variables, batch)
     start = time.perf_counter()
-    compiled = make_annotate_step(model).lower(variables, batch).compile()
-    summary = _compiled_summary(compiled, batch_size, precision, time.perf_counter() - start)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
+    summary = _compiled_summary(lowered, compiled, batch_size, precision, compile_s)
     if compile_only:
         return summary
     times = time_calls(lambda: compiled(variables, batch), steps, warmup)
