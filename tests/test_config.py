@@ -89,7 +89,7 @@ def test_workdir_of_another_config_is_refused(tmp_path):
     config.train.log_every = 7  # harmless: how the run reports, not what it computes
     config_checks.check_workdir(config, tmp_path)
     config.selftrain.tau = 0.5
-    with pytest.raises(ValueError, match=r"selftrain.tau: 0.7 -> 0.5"):
+    with pytest.raises(ValueError, match=r"selftrain.tau: 0.0 -> 0.5"):
         config_checks.check_workdir(config, tmp_path)
 
 

@@ -1,6 +1,6 @@
 """Exact resume: `run.py` killed with SIGKILL, then run again, ends with an unbroken run's results.
 
-The same command (`configs/synthetic.py:tiny`, tau 0) runs once unbroken, then in fresh workdirs
+The same command (`configs/synthetic.py:tiny` as shipped) runs once unbroken, then in fresh workdirs
 it is killed again and again, each time at a later point, and finally run to completion:
 - at chosen points, by a wrapper that sends SIGKILL to its own process on the N-th occurrence of
   an event (a checkpoint written or still being written, an annotation batch, an evaluation
@@ -101,7 +101,6 @@ def _command(workdir: Path, data_dir: str) -> list[str]:
         "--config=configs/synthetic.py:tiny",
         f"--workdir={workdir}",
         f"--config.dataset.data_dir={data_dir}",
-        "--config.selftrain.tau=0.0",
     ]
 
 

@@ -16,7 +16,6 @@ from matchme_jax.models import build_model
 def tiny_run(tmp_path_factory, tfds_dir):
     config = load("synthetic.py:tiny")
     config.dataset.data_dir = tfds_dir
-    config.selftrain.tau = 0.0  # an untrained tiny teacher is never confident
     workdir = tmp_path_factory.mktemp("run")
     return config, workdir, selftrain.run(config, workdir)
 
