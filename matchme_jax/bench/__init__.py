@@ -17,8 +17,8 @@ Each train/annotate row also records memory: `memory_planned` (XLA's buffer assi
 compiled program: arguments, outputs, temporaries) and `peak_bytes`, the device allocator's peak
 in use, which covers the whole process so far (run one row per process for a row's own peak;
 null where the device keeps no statistics, e.g. a CPU). `compile_only=True` compiles the rows and
-records compile time, FLOPs and planned memory without running them: the GPU script uses it to
-fill the persistent compilation cache in parallel processes before timing one row at a time.
+records compile time, FLOPs and planned memory without running them (the GPU script's CATs++
+memory rows); `profile_dir` traces a few more calls of each timed row (`bench.profile`).
 
 Any config field can be overridden as in run.py (`--config.model.attention=xla`). A row that
 fails (say, a kernel the device refuses) is recorded with its error and the others still run.
@@ -343,8 +343,7 @@ def environment() -> dict:
 def _rows(config, modes, batch_sizes, precisions, backbones, input_batches, timing: dict):
     """(row description, function computing its numbers) for every requested combination.
 
-    `timing`: the keyword arguments of the train and annotate rows (steps, warmup, compile_only,
-    profile_dir).
+    `timing`: the keyword arguments of the train and annotate rows (steps, warmup, compile_only).
     """
     for mode, batch_size in itertools.product(modes, batch_sizes):
         if mode == "input":
