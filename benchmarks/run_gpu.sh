@@ -17,8 +17,9 @@
 #           CATs row).
 # What the first H200 run (2026-12-04) taught: one train row compiles in 28-62 s there (XLA's
 # autotuning included), and 13 compilations in parallel processes on the one GPU had not
-# finished after 200 s, so the parts compile in turn. All four parts need more than one
-# 10-minute call: `PARTS="cats torch input"` fits one, `PARTS="parity catspp"` another.
+# finished after 200 s, so the parts compile in turn. All of them need more than one 10-minute
+# call: `PARTS="cats torch input"` (about 7 minutes there) fits one, `PARTS="parity catspp"`
+# (not yet timed there) needs another.
 # Every finished row is kept when a later one is killed. The rows go to
 # benchmarks/results/<card>.json (catspp: <card>.catspp.json), copied with the logs to $OUT.
 #
