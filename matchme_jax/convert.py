@@ -6,7 +6,8 @@
 * ``catspp_from_torch``: an official CATs++ (``CATsImproved``) state dict (``backbone.*``,
   ``hpn_learner.*``) -> ``(model, variables)``; ``catspp_to_torch`` maps variables back.
 * ``backbone_from_torchvision``: torchvision ResNet ImageNet weights (``conv1.weight``,
-  ``layer1.0.bn1.running_mean``, ...) -> the ``backbone`` subtree of the CATs variables.
+  ``layer1.0.bn1.running_mean``, ...) -> the ``backbone`` subtree of the CATs variables;
+  ``backbone_to_torchvision`` writes a whole ResNet in that naming (matchme_jax/pretrain.py).
 * ``load_state_dict_file``: ``.npz``, ``.safetensors``, and ``.pth``/``.pt`` when torch is
   installed -> ``{torch key: numpy array}``.
 
@@ -548,6 +549,31 @@ def backbone_from_torchvision(
     """
     model = build_model(model_cfg)
     return _assemble(_torchvision_table(model), state_dict, f"the {model.backbone} backbone")
+
+
+def backbone_to_torchvision(
+    variables: Mapping[str, Any], model_cfg: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """The whole ResNet of ``model_cfg``'s backbone -> torchvision keys (no ``fc``).
+
+    The inverse of ``backbone_from_torchvision`` for a ResNet with every stage built (as
+    torchvision holds it, whatever ``hyperpixel_ids`` the model taps).
+
+    Args:
+        variables: ``{"params": ..., "batch_stats": ...}`` of a ``ResNet`` with the stages,
+            width and all blocks of ``model_cfg``'s backbone (``tap_ids`` = the last block).
+        model_cfg: ``config.model``.
+
+    Returns:
+        ``{torch key: array}`` in torchvision layouts; add ``fc.weight`` and ``fc.bias`` for a
+        file ``backbone_from_torchvision`` reads.
+    """
+    model = build_model(model_cfg)
+    full = _model_backbone(model).clone(tap_ids=(sum(model.stage_blocks),))
+    return {
+        e.torch_key: _to_torch(e.path[-1], _leaf(variables, (e.collection, *e.path)), e.torch_shape)
+        for e in _entries(_backbone_shapes(full))
+    }
 
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
