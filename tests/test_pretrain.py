@@ -1,0 +1,115 @@
+"""Backbone pretraining on generator-rendered objects (matchme_jax/pretrain.py)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_config import ROOT
+
+from data_builders.synthetic_correspondence import generator as gen
+from data_builders.synthetic_correspondence import pretraining_images as images
+from matchme_jax import convert, defaults, init_from, pretrain
+from matchme_jax.models import build_model
+
+
+def _config(arg=None):
+    return defaults.load_config_file(ROOT / "configs" / "pretrain" / "synthetic.py", arg)
+
+
+def test_backbone_and_canvas_are_the_benchmark_configs():
+    config, synthetic = _config(), defaults.load_config_file(ROOT / "configs" / "synthetic.py")
+    assert config.model.to_dict() == synthetic.model.to_dict()
+    assert config.data.image_size == synthetic.dataset.image_size
+    from data_builders.synthetic_correspondence import SyntheticCorrespondence
+
+    benchmark = next(c for c in SyntheticCorrespondence.BUILDER_CONFIGS if c.name == "default")
+    assert tuple(config.data.render_size) == (benchmark.min_image_size, benchmark.max_image_size)
+    assert config.data.num_classes == len(images.CATEGORIES) == 11
+    assert images.CATEGORIES[:5] == gen.CATEGORIES
+
+
+@pytest.mark.parametrize("category", range(len(gen.CATEGORIES)))
+def test_render_object_is_the_benchmark_renderer(category):
+    seq = np.random.SeedSequence([7, category])
+    image = images.render_object(np.random.default_rng(seq), gen.CATEGORIES[category], (48, 64))
+    expected = gen.render_instance(np.random.default_rng(seq), category, (48, 64)).image
+    np.testing.assert_array_equal(image, expected)
+
+
+def test_pretraining_seeds_never_are_benchmark_seeds():
+    # NumPy hashes a SeedSequence's entropy words followed by its spawn key. A benchmark image's
+    # generator is seeded by a child of pair_seed, whose spawn key is (0,) or (1,); a pretraining
+    # image's spawn key is (NAMESPACE,): the hashed words always differ in the last one.
+    assert images.NAMESPACE not in (0, 1)
+    for seed, index in ((0, 0), (3, 17), (2**32 - 1, 2**31)):
+        for split in images.SPLITS:
+            words = images.image_seed(seed, split, index)
+            assert words.spawn_key == (images.NAMESPACE,)
+        for split in gen.SPLITS:
+            for child in gen.pair_seed(seed, split, index).spawn(2):
+                assert child.spawn_key in ((0,), (1,))
+    # And the streams differ in practice: no pretraining image equals a benchmark image.
+    states = {
+        tuple(child.generate_state(4))
+        for split in gen.SPLITS
+        for index in range(20)
+        for child in gen.pair_seed(0, split, index).spawn(2)
+    }
+    ours = {
+        tuple(images.image_seed(0, split, i).generate_state(4))
+        for split in images.SPLITS
+        for i in range(200)
+    }
+    assert not states & ours
+    benchmark = [
+        instance.image
+        for index in range(10)
+        for instance in gen.sample_instances(0, "test", index, (48, 64))
+    ]
+    for i in range(10):
+        image, _ = images.render_example(0, "train", i, 5, (48, 64), 64)
+        assert not any(b.shape == image.shape and np.array_equal(b, image) for b in benchmark)
+
+
+def test_labels_are_balanced_and_images_reproducible():
+    first = [images.render_example(1, "heldout", i, 11, (48, 64), 32) for i in range(22)]
+    assert [label for _, label in first] == list(range(11)) * 2
+    again, label = images.render_example(1, "heldout", 3, 11, (48, 64), 32)
+    np.testing.assert_array_equal(again, first[3][0])
+    assert again.shape == (32, 32, 3) and again.dtype == np.uint8 and label == 3
+
+
+def test_tiny_pretraining_writes_weights_that_the_benchmark_model_loads(tmp_path):
+    config = _config("tiny")
+    pretrain.check_config(config)
+    variables, summary = pretrain.train(config)
+    assert 0.0 <= summary["heldout_accuracy"] <= 1.0
+    out = tmp_path / "backbone.npz"
+    digest = pretrain.save(config, variables, summary, out)
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["sha256"] == digest and len(record["classes"]) == 11
+    state_dict = convert.load_state_dict_file(out)
+    assert state_dict["fc.weight"].shape == (11, 256)  # torchvision layout, [classes, features]
+    assert state_dict["layer3.1.conv3.weight"].shape == (256, 64, 1, 1)  # OIHW
+
+    # As run.py loads it: config.model.backbone_weights on the benchmark's own config.
+    synthetic = defaults.load_config_file(ROOT / "configs" / "synthetic.py")
+    synthetic.model.backbone_weights = str(out)
+    model = build_model(synthetic.model)
+    image = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    like = jax.eval_shape(lambda x: model.init(jax.random.key(0), source=x, target=x), image)
+    loaded = init_from.with_backbone_weights(synthetic, like)
+    for collection in ("params", "batch_stats"):
+        want = jax.tree.map(lambda x: (x.shape, x.dtype), like[collection]["backbone"])
+        got = jax.tree.map(lambda x: (x.shape, x.dtype), loaded[collection]["backbone"])
+        assert got == want
+        jax.tree.map(
+            np.testing.assert_array_equal,
+            loaded[collection]["backbone"],
+            variables[collection]["backbone"],
+        )
+    # The pretrained running statistics came along (bn_mode="frozen" normalises with them).
+    assert not np.allclose(loaded["batch_stats"]["backbone"]["bn1"]["mean"], 0.0)
+    assert set(loaded["params"]) - {"backbone"}  # the correspondence head stays as initialised
