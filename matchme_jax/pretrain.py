@@ -258,12 +258,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError("pretraining config: " + "; ".join(problems))
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Pretraining config (configs/pretrain/synthetic.py[:tiny]).", lock_config=True
-)
-_OUT = flags.DEFINE_string("out", None, "Where to write the backbone weights (.npz).")
-
-
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -282,5 +276,14 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    # Flags only when run as a program: absl flags are global, and other modules imported beside
+    # this one (run.py's, the throughput tool's) define a `--config` of their own.
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Pretraining config (configs/pretrain/synthetic.py[:tiny]).",
+        lock_config=True,
+    )
+    _OUT = flags.DEFINE_string("out", None, "Where to write the backbone weights (.npz).")
     flags.mark_flags_as_required(["config", "out"])
     app.run(main)

@@ -1,6 +1,9 @@
 """Backbone pretraining on generator-rendered objects (matchme_jax/pretrain.py)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -113,3 +116,27 @@ def test_tiny_pretraining_writes_weights_that_the_benchmark_model_loads(tmp_path
     # The pretrained running statistics came along (bn_mode="frozen" normalises with them).
     assert not np.allclose(loaded["batch_stats"]["backbone"]["bn1"]["mean"], 0.0)
     assert set(loaded["params"]) - {"backbone"}  # the correspondence head stays as initialised
+
+
+def test_the_command_line_writes_the_weights_and_its_record(tmp_path):
+    out = tmp_path / "backbone.npz"
+    command = [
+        sys.executable,
+        "-m",
+        "matchme_jax.pretrain",
+        f"--config={ROOT / 'configs' / 'pretrain' / 'synthetic.py'}:tiny",
+        f"--out={out}",
+    ]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["command"].startswith("python -m matchme_jax.pretrain --config=")
+    assert f"sha256 {record['sha256']}" in proc.stdout
+
+
+def test_importing_it_defines_no_flags():
+    # absl flags are global: a module-level `--config` would clash with run.py's in one process.
+    code = "import matchme_jax.pretrain, matchme_jax.data.throughput"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=120)
