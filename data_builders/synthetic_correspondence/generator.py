@@ -746,7 +746,7 @@ def _inside_image(points: np.ndarray, height: int, width: int) -> np.ndarray:
 def render_instance(
     rng: np.random.Generator, category: int, image_size: tuple[int, int]
 ) -> Instance:
-    """Draws and renders one instance of a category.
+    """Draws and renders one instance of a category, with its keypoints.
 
     Args:
         rng: random generator; the instance is a pure function of its state.
@@ -757,6 +757,24 @@ def render_instance(
         The rendered `Instance`.
     """
     spec = CATEGORIES[category]
+    instance, part_names = draw_instance(rng, spec, image_size, category)
+    return _annotate(instance, spec, part_names)
+
+
+def draw_instance(
+    rng: np.random.Generator, spec: Category, image_size: tuple[int, int], category: int = -1
+) -> tuple[Instance, tuple[str, ...]]:
+    """Draws and renders one instance of any `Category` (also one outside `CATEGORIES`).
+
+    Args:
+        rng: random generator; the instance is a pure function of its state.
+        spec: the category's parts and colours.
+        image_size: inclusive `(min, max)` range of the image height and width.
+        category: recorded in the `Instance` (-1: not a benchmark category).
+
+    Returns:
+        The `Instance` without keypoints (`_annotate` adds them) and its part names.
+    """
     height, width = (int(n) for n in rng.integers(image_size[0], image_size[1] + 1, size=2))
     shapes = spec.build(rng)
     palette = _palette(rng, spec)
@@ -816,7 +834,7 @@ def render_instance(
         rotation=rotation,
         size=object_extent,
     )
-    return _annotate(instance, spec, tuple(shape.name for shape in shapes))
+    return instance, tuple(shape.name for shape in shapes)
 
 
 def _annotate(instance: Instance, spec: Category, part_names: tuple[str, ...]) -> Instance:

@@ -18,10 +18,9 @@ benchmark image of every seed and split, NAMESPACE for every pretraining image. 
 inputs therefore always differ, so no pretraining image shares its random stream with a
 benchmark image of any seed (equal 128-bit pool states would need a hash collision).
 
-Images are rendered as the benchmark renders them (same sizes, clutter, occluders, noise;
-`render_object` reproduces `generator.render_instance` pixel for pixel on the five categories)
-and resized to the training canvas with PIL bilinear, as `matchme_jax/data/resize.py` resizes
-benchmark images.
+Images are rendered as the benchmark renders them (`generator.draw_instance`: same sizes,
+clutter, occluders, noise) and resized to the training canvas with PIL bilinear, as
+`matchme_jax/data/resize.py` resizes benchmark images.
 """
 
 from __future__ import annotations
@@ -247,55 +246,16 @@ def image_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
 def render_object(
     rng: np.random.Generator, spec: gen.Category, image_size: tuple[int, int]
 ) -> np.ndarray:
-    """`generator.render_instance` for any `Category`, image only (no keypoint annotation).
+    """One instance of `spec` drawn as the benchmark draws it, image only (no keypoints).
 
-    Draws from `rng` in the same order, so for a benchmark category it returns the very image
-    `render_instance` would (tests/test_pretrain.py checks it).
+    For a benchmark category it is the very image `generator.render_instance` gives from the
+    same `rng` state (tests/test_pretrain.py checks it).
 
     Returns:
         `[H, W, 3]` uint8.
     """
-    height, width = (int(n) for n in rng.integers(image_size[0], image_size[1] + 1, size=2))
-    shapes = spec.build(rng)
-    palette = gen._palette(rng, spec)
-    object_outline = np.concatenate(
-        [gen.Layer(p.affine, p.power, p.taper, np.zeros(3)).boundary() for p in shapes]
-    )
-    pose, _, _ = gen._place(rng, object_outline, height, width)
-    parts = tuple(
-        gen.Layer(
-            affine=gen._compose(pose, shape.affine),
-            power=shape.power,
-            taper=shape.taper,
-            colour=np.clip(
-                gen._role_colour(shape.colour_role, palette) + rng.normal(0, 12, 3), 0, 255
-            ),
-            stripes=gen._random_stripes(rng, shape.stripe_axis, 0.35),
-            details=tuple(
-                gen.Detail(c, r, p, gen._role_colour(role, palette))
-                for c, r, p, role in shape.details
-            ),
-            part=index,
-        )
-        for index, shape in enumerate(shapes)
-    )
-    outline = np.concatenate([p.boundary() for p in parts])
-    low, high = outline.min(axis=0), outline.max(axis=0)
-    object_extent = float(np.linalg.norm(high - low))
-    canvas = gen._background(rng, height, width)
-    short_side = min(height, width)
-    for _ in range(int(rng.integers(3, 8))):
-        centre = rng.uniform(0.0, 1.0, size=2) * [width, height]
-        gen._paint(canvas, gen._random_layer(rng, centre, (0.05 * short_side, 0.22 * short_side)))
-    for part in parts:
-        gen._paint(canvas, part)
-    if rng.uniform() < 0.4:
-        for _ in range(int(rng.integers(1, 3))):
-            centre = low + rng.uniform(0.0, 1.0, size=2) * (high - low)
-            occluder = gen._random_layer(rng, centre, (0.06 * object_extent, 0.14 * object_extent))
-            gen._paint(canvas, occluder)
-    canvas += rng.uniform(2.0, 8.0) * rng.standard_normal(canvas.shape, dtype=np.float32)
-    return np.clip(np.round(canvas), 0, 255).astype(np.uint8)
+    instance, _ = gen.draw_instance(rng, spec, image_size)
+    return instance.image
 
 
 def render_example(
