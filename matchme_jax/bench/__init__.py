@@ -151,23 +151,23 @@ def profile_calls(call: Callable[[], object], directory: str, calls: int = 3) ->
         logging.error("bench: no trace in %s:\n%s", directory, traceback.format_exc())
 
 
-def _compiled_summary(
-    lowered: jax.stages.Lowered,
-    compiled: jax.stages.Compiled,
-    batch_size: int,
-    precision: str,
-    compile_s: float,
-) -> dict:
-    """What the program says of itself: compile time, FLOPs per pair, planned memory.
+def _compile(
+    lowered: jax.stages.Lowered, batch_size: int, precision: str
+) -> tuple[jax.stages.Compiled, dict]:
+    """The compiled program and what it says of itself: compile time, FLOPs per pair, planned
+    memory.
 
     `flops_per_pair` counts the lowered program, the model's arithmetic on any backend; MFU uses
     it. `flops_per_pair_compiled` counts what XLA compiled, which on a GPU leaves out the
     convolutions and matmuls it hands to cuDNN and cuBLAS (about 3 % of the total on an H200).
     """
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
     # The cost analysis is of one device's share of the batch.
     per_pair = jax.device_count() / batch_size
     flops, flops_compiled = program_flops(lowered), program_flops(compiled)
-    return {
+    return compiled, {
         "compile_s": round(compile_s, 2),
         "flops_per_pair": flops * per_pair if flops else None,
         "flops_per_pair_compiled": flops_compiled * per_pair if flops_compiled else None,
@@ -176,8 +176,19 @@ def _compiled_summary(
     }
 
 
-def _timed_summary(compiled_summary: dict, times: list[float], batch_size: int) -> dict:
-    """pairs/s (median) and the MFU it implies, with the allocator's peak after the calls."""
+def _timed_summary(
+    compiled_summary: dict,
+    call: Callable[[], object],
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    profile_dir: str | None,
+) -> dict:
+    """Times `call`: pairs/s (median) and the MFU it implies, with the allocator's peak after the
+    calls; then traces a few more calls into `profile_dir`, if given."""
+    times = time_calls(call, steps, warmup)
+    if profile_dir:
+        profile_calls(call, profile_dir)
     median = statistics.median(times)
     pairs_per_s = batch_size / median
     flops_per_pair = compiled_summary["flops_per_pair"]
@@ -235,11 +246,9 @@ def train_row(
     batch = parallel.shard_batch(random_batch(batch_size, size, config.dataset.max_keypoints))
     rng, strength = jax.random.key(1), AugmentStrength.from_config(config.augment.teacher)
 
-    lowered = train_step.lower(state, batch, rng, strength)
-    start = time.perf_counter()
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - start
-    summary = _compiled_summary(lowered, compiled, batch_size, precision, compile_s)
+    compiled, summary = _compile(
+        train_step.lower(state, batch, rng, strength), batch_size, precision
+    )
     if compile_only:
         return summary
 
@@ -250,11 +259,8 @@ def train_row(
         state, metrics = compiled(state, batch, rng, strength)
         return state, metrics
 
-    times = time_calls(call, steps, warmup)
-    if profile_dir:
-        profile_calls(call, profile_dir)
     return {
-        **_timed_summary(summary, times, batch_size),
+        **_timed_summary(summary, call, batch_size, steps, warmup, profile_dir),
         "final_loss": float(metrics["loss"]),
         # Mixed precision keeps parameters and optimizer state in float32.
         "state_float_dtypes": _float_dtypes((state.params, state.opt_state)),
@@ -280,17 +286,14 @@ def annotate_row(
     size = config.dataset.image_size
     variables = parallel.replicate(_init_variables(model, size))
     batch = parallel.shard_batch(random_batch(batch_size, size, config.dataset.max_keypoints))
-    lowered = make_annotate_step(model).lower(variables, batch)
-    start = time.perf_counter()
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - start
-    summary = _compiled_summary(lowered, compiled, batch_size, precision, compile_s)
+    compiled, summary = _compile(
+        make_annotate_step(model).lower(variables, batch), batch_size, precision
+    )
     if compile_only:
         return summary
-    times = time_calls(lambda: compiled(variables, batch), steps, warmup)
-    if profile_dir:
-        profile_calls(lambda: compiled(variables, batch), profile_dir)
-    return _timed_summary(summary, times, batch_size)
+    return _timed_summary(
+        summary, lambda: compiled(variables, batch), batch_size, steps, warmup, profile_dir
+    )
 
 
 def input_row(config, batch_size: int, batches: int, warmup: int) -> dict:
