@@ -9,7 +9,7 @@ import logging as std_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from matchme_jax import selftrain
+from matchme_jax import experiment
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True
@@ -30,7 +30,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
-    selftrain.run(_CONFIG.value, _WORKDIR.value)
+    experiment.run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset.name = "pf_willow"
     config.dataset.num_workers = defaults.REAL_DATA_WORKERS
     config.eval.threshold = "willow_cats"
+    del config.evals["validation"]  # PF-WILLOW has a test split only
 
     if arg == "tiny":
         defaults.shrink_to_tiny_on_dummy_data(config, "pf_willow")

@@ -1,18 +1,20 @@
 """Checks a config before anything runs, and that a workdir belongs to it."""
 
 import json
-import os
 from pathlib import Path
 
 import ml_collections
 
-from matchme_jax.corruption_benchmark import TABLE_ALPHA
+from matchme_jax import atomic
 from matchme_jax.data.augment import AugmentStrength
 from matchme_jax.data.corruptions import CORRUPTIONS, SEVERITIES
 from matchme_jax.data.sources import NOT_SEEDED, SEEDED_DATASET
 from matchme_jax.data.unlabeled import UNLABELED_PAIRS
 from matchme_jax.evaluate import THRESHOLDS
+from matchme_jax.evaluators import TYPES as EVALUATOR_TYPES
+from matchme_jax.evaluators.corruptions import TABLE_ALPHA
 
+ANNOTATORS = ("teacher", "oracle")
 MODES = ("selftrain", "train", "evaluate", "evaluate_corruptions")
 EVALUATION_MODES = ("evaluate", "evaluate_corruptions")
 CONFIG_FILE = "config.json"
@@ -25,10 +27,15 @@ HARMLESS_FIELDS = (
     "train.checkpoint_every",
     "compilation_cache_dir",
     "distributed",
-    "model.attention",  # the kernel, not the math (also absent from older workdirs' config)
+    "model.attention",  # the kernel, not the math
 )
-# Fields that older workdirs' config.json lacks, with the value those runs had.
-ADDED_FIELDS = {"dataset.generator_seed": 0}
+# Evaluation settings: each generation's summary records its evaluators' settings and evaluates
+# again where they differ, so a workdir may be continued with other evaluators.
+HARMLESS_PREFIXES = ("evals.",)
+# Fields a saved config.json may lack, with the value that means; and fields it may hold that no
+# run reads (the evaluation splits and SPair-C settings, now in `evals`).
+DEFAULT_FIELDS = {"dataset.generator_seed": 0, "selftrain.annotator": "teacher"}
+UNREAD_FIELDS = ("dataset.test_split", "dataset.validation_split", "corruptions.")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -52,6 +59,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(0.0 <= st.tau <= 1.0, "selftrain.tau", "a confidence in [0, 1]")
     need(st.generations >= 0, "selftrain.generations", "0 or more")
     need(st.query in ("bbox", "all"), "selftrain.query", "'bbox' or 'all'")
+    need(st.annotator in ANNOTATORS, "selftrain.annotator", f"one of {ANNOTATORS}")
+    need(
+        st.annotator != "oracle" or st.unlabeled_pairs == "split",
+        "selftrain.annotator",
+        "'oracle' reads the unlabeled split's keypoints: needs selftrain.unlabeled_pairs='split'",
+    )
     need(
         st.unlabeled_pairs in UNLABELED_PAIRS,
         "selftrain.unlabeled_pairs",
@@ -92,7 +105,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.eval.batch_size >= 1, "eval.batch_size", "1 or more")
     need(config.eval.threshold in THRESHOLDS, "eval.threshold", f"one of {THRESHOLDS}")
     need(all(a > 0 for a in config.eval.alphas), "eval.alphas", "positive fractions")
-    _check_corruptions(config, need)
+    _check_evals(config, problems)
     for role in ("teacher", "student"):
         try:
             AugmentStrength.from_config(config.augment[role])
@@ -102,30 +115,42 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError("Bad config:\n  " + "\n  ".join(problems))
 
 
-def _check_corruptions(config: ml_collections.ConfigDict, need) -> None:
+def _check_evals(config: ml_collections.ConfigDict, problems: list) -> None:
+    """Every evaluator: a known type, a split, known modes; SPair-C's own fields."""
+    for name, ev in config.evals.items():
+        field = f"config.evals.{name}"
+        if ev.get("type") not in EVALUATOR_TYPES:
+            problems.append(f"{field}.type={ev.get('type')!r}: use one of {tuple(EVALUATOR_TYPES)}")
+            continue
+        if not isinstance(ev.get("split"), str) or not ev.split:
+            problems.append(f"{field}.split={ev.get('split')!r}: a split name of the dataset")
+        modes = tuple(ev.get("modes", ()))
+        if not set(modes) <= set(MODES):
+            problems.append(f"{field}.modes={modes!r}: modes among {MODES}")
+        if ev.type == "corruptions":
+            _check_corruptions(field, ev, config, problems)
+    if config.mode in EVALUATION_MODES and not any(
+        config.mode in ev.get("modes", ()) for ev in config.evals.values()
+    ):
+        problems.append(f"config.mode={config.mode!r}: no evaluator of config.evals runs in it")
+
+
+def _check_corruptions(field: str, ev, config: ml_collections.ConfigDict, problems: list) -> None:
     """The SPair-C fields: distinct known names and severities, a positive pair cap."""
-    cc = config.corruptions
-    names, severities = tuple(cc.names), tuple(cc.severities)
-    need(
-        0 < len(names) == len(set(names)) and set(names) <= set(CORRUPTIONS),
-        "corruptions.names",
-        f"distinct names among {CORRUPTIONS}",
-    )
-    need(
-        0 < len(severities) == len(set(severities)) and set(severities) <= set(SEVERITIES),
-        "corruptions.severities",
-        f"distinct severities among {SEVERITIES}",
-    )
-    need(
-        cc.max_pairs is None or cc.max_pairs >= 1,
-        "corruptions.max_pairs",
-        "unset (every test pair) or 1 or more",
-    )
-    need(
-        config.mode != "evaluate_corruptions" or TABLE_ALPHA in tuple(config.eval.alphas),
-        "eval.alphas",
-        f"must hold {TABLE_ALPHA} for the corruption table of mode 'evaluate_corruptions'",
-    )
+    names, severities = tuple(ev.names), tuple(ev.severities)
+    if not 0 < len(names) == len(set(names)) or not set(names) <= set(CORRUPTIONS):
+        problems.append(f"{field}.names={names!r}: distinct names among {CORRUPTIONS}")
+    if not 0 < len(severities) == len(set(severities)) or not set(severities) <= set(SEVERITIES):
+        problems.append(
+            f"{field}.severities={severities!r}: distinct severities among {SEVERITIES}"
+        )
+    if ev.max_pairs is not None and ev.max_pairs < 1:
+        problems.append(f"{field}.max_pairs={ev.max_pairs!r}: unset (every pair) or 1 or more")
+    if config.mode in ev.modes and TABLE_ALPHA not in tuple(config.eval.alphas):
+        problems.append(
+            f"config.eval.alphas={tuple(config.eval.alphas)!r}: must hold {TABLE_ALPHA} for "
+            f"the corruption table of {field}"
+        )
 
 
 def _flatten(tree, prefix: str = "") -> dict:
@@ -148,12 +173,15 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
     path = workdir / CONFIG_FILE
     current = json.loads(config.to_json())
     if path.exists():
-        saved = {**ADDED_FIELDS, **_flatten(json.loads(path.read_text()))}
+        saved = {**DEFAULT_FIELDS, **_flatten(json.loads(path.read_text()))}
+        saved = {k: v for k, v in saved.items() if not k.startswith(UNREAD_FIELDS)}
         now = _flatten(current)
         differ = sorted(
             k
             for k in set(saved) | set(now)
-            if k not in HARMLESS_FIELDS and saved.get(k) != now.get(k)
+            if k not in HARMLESS_FIELDS
+            and not k.startswith(HARMLESS_PREFIXES)
+            and saved.get(k) != now.get(k)
         )
         if differ:
             listed = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in differ[:8])
@@ -162,10 +190,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
                 "Use a fresh --workdir, or the config that made it."
             )
     else:
-        # Whole or not at all: a run killed meanwhile must not leave an unreadable config.json.
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(current, indent=1))
-        os.replace(tmp, path)
+        atomic.write_json(path, current)
 
 
 def _is_folder(path: str | None) -> bool:

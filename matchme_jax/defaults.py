@@ -96,12 +96,17 @@ def augment_preset(name: str) -> ml_collections.ConfigDict:
     )
 
 
+def pck_evaluator(split: str) -> dict:
+    """PCK on `split` after every generation and in mode `evaluate`."""
+    return dict(type="pck", split=split, modes=("selftrain", "train", "evaluate"))
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Every field a run reads; experiment configs override what differs."""
     config = ml_collections.ConfigDict()
     config.seed = 2021
     # selftrain: teacher then students | train: generation 0 only | evaluate: test init_from |
-    # evaluate_corruptions: test init_from clean and corrupted (SPair-C, see config.corruptions).
+    # evaluate_corruptions: test init_from clean and corrupted (SPair-C, see config.evals).
     config.mode = "selftrain"
     # A checkpoint to start generation 0 from (ours, or an official .pth/.npz/.safetensors).
     config.init_from = config_dict.placeholder(str)
@@ -127,8 +132,6 @@ def base_config() -> ml_collections.ConfigDict:
             max_keypoints=40,  # keypoints are padded to this many, with a mask
             train_split="train",
             unlabeled_split="unlabeled",
-            validation_split="validation",
-            test_split="test",
             num_workers=0,  # grain worker processes; 0 reads in the main process
         )
     )
@@ -172,6 +175,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.selftrain = ml_collections.ConfigDict(
         dict(
             generations=2,  # student generations after the generation-0 teacher
+            # teacher: the previous generation annotates | oracle: a diagnostic, never a
+            # default; the unlabeled pairs' own keypoints (the ceiling of any pseudo labels)
+            annotator="teacher",
             tau=0.7,  # keep a pseudo correspondence when its confidence >= tau
             query="bbox",  # bbox: target cells inside the target box | all: every cell
             # Unlabeled pairs: "split" draws from dataset.unlabeled_split; "train_images" pairs the
@@ -202,13 +208,23 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
 
-    # mode=evaluate_corruptions: the test pairs under ImageNet-C corruptions (SPair-C), made as
-    # matchme_jax/data/corruptions.py says; the PCK@0.1 table needs 0.1 in eval.alphas.
-    config.corruptions = ml_collections.ConfigDict(
+    # Evaluators (matchme_jax/evaluators): each runs in the modes it lists. In self-training
+    # every generation is evaluated on the test and validation splits; `evaluate` tests
+    # init_from on both; `evaluate_corruptions` runs SPair-C (the split under ImageNet-C
+    # corruptions, made as matchme_jax/data/corruptions.py says; it needs 0.1 in eval.alphas).
+    config.evals = ml_collections.ConfigDict(
         dict(
-            names=CORRUPTIONS,  # a subset of the 15, e.g. --config.corruptions.names="('fog',)"
-            severities=SEVERITIES,  # a subset of 1..5
-            max_pairs=config_dict.placeholder(int),  # only the first N test pairs (unset: all)
+            test=pck_evaluator("test"),
+            validation=pck_evaluator("validation"),
+            corruptions=dict(
+                type="corruptions",
+                split="test",
+                modes=("evaluate_corruptions",),
+                # A subset of the 15, e.g. --config.evals.corruptions.names="('fog',)".
+                names=CORRUPTIONS,
+                severities=SEVERITIES,  # a subset of 1..5
+                max_pairs=config_dict.placeholder(int),  # only the first N pairs (unset: all)
+            ),
         )
     )
     return config

@@ -4,8 +4,11 @@
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from matchme_jax import parallel
 
 
 def _from_our_checkpoint(path: Path) -> dict:
@@ -75,3 +78,17 @@ def with_backbone_weights(config, variables: dict) -> dict:
         collection: {**variables[collection], "backbone": backbone[collection]}
         for collection in ("params", "batch_stats")
     }
+
+
+def initial_variables(config, model) -> dict:
+    """Generation 0's starting variables, replicated: the seeded initialisation, then
+    `config.model.backbone_weights` and `config.init_from` where given."""
+    size = config.dataset.image_size
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
+    rng = jax.random.key(config.seed)
+    variables = jax.jit(lambda r: model.init(r, source=images, target=images))(rng)
+    if config.model.backbone_weights:
+        variables = with_backbone_weights(config, variables)
+    if config.init_from:
+        variables = load_variables(config, variables)
+    return parallel.replicate(variables)

@@ -209,7 +209,7 @@ def save_match_pictures(
       source: a random-access split, e.g. `sources.open_split(dataset_cfg, split)`.
       dataset_cfg: `config.dataset` (image_size, max_keypoints, num_workers).
       eval_cfg: `config.eval` (batch_size, threshold, flow_to_keypoints).
-      directory: output folder, created if needed, e.g. W/eval/matches.
+      directory: output folder, created if needed, e.g. W/eval/<dataset>_test_matches.
       num_pairs: how many pairs to draw (fewer if the split is smaller).
       alpha: the PCK fraction that decides the colour of a match.
       category_names: names indexed by category id, for the file names.
@@ -266,11 +266,13 @@ def _series(generations: Sequence[Mapping], section: str, key: str) -> list[floa
 def plot_generations(
     results: Mapping, path: str | Path, alphas: Sequence[float] = (0.05, 0.1, 0.15)
 ) -> Path:
-    """Plots test PCK and pseudo-label precision@0.1 (percent) against generation, as a PNG.
+    """Plots test PCK, validation PCK@0.1 (where evaluated) and pseudo-label precision@0.1
+    (percent) against generation, as a PNG.
 
     Args:
       results: the content of W/results.json: {"generations": [{"generation": int,
-        "test": {"pck@0.1": float, ...}, "pseudo_labels": {"precision@0.1": float} or None}]}.
+        "test": {"pck@0.1": float, ...}, "validation": {"pck@0.1": float, ...} (optional),
+        "pseudo_labels": {"precision@0.1": float} or None}]}.
       path: the PNG to write, e.g. W/pck_per_generation.png.
       alphas: the PCK fractions to plot, each a "pck@<alpha>" key of every "test".
 
@@ -293,6 +295,9 @@ def plot_generations(
         if missing:
             raise ValueError(f"plot_generations: no test {key!r} for generations {missing}.")
         axes.plot(x, _series(generations, "test", key), marker="o", label=f"test PCK@{alpha:g}")
+    validation = _series(generations, "validation", "pck@0.1")
+    if not all(math.isnan(v) for v in validation):
+        axes.plot(x, validation, marker="^", linestyle=":", label="validation PCK@0.1")
     precision = _series(generations, "pseudo_labels", "precision@0.1")
     if not all(math.isnan(p) for p in precision):
         axes.plot(x, precision, marker="s", linestyle="--", label="pseudo-label precision@0.1")

@@ -130,3 +130,22 @@ def test_annotate_step_with_consistency_also_annotates_the_swapped_pair():
     forward_only = annotate.make_annotate_step(model)(variables, swapped)
     assert set(forward_only) == {"flow", "confidence"}
     np.testing.assert_allclose(both["backward_flow"], forward_only["flow"], atol=1e-5)
+
+
+def test_the_oracle_annotator_gives_each_pairs_own_keypoints():
+    pairs = [
+        {
+            "source_keypoints": np.arange(6, dtype=np.float32).reshape(3, 2),
+            "target_keypoints": 10 + np.arange(6, dtype=np.float32).reshape(3, 2),
+        },
+        {"source_keypoints": np.zeros((0, 2), np.float32), "target_keypoints": np.zeros((0, 2))},
+        {"source_keypoints": np.ones((5, 2), np.float32), "target_keypoints": np.ones((5, 2))},
+    ]
+    pseudo, stats = annotate.true_labels(pairs, max_points=4)
+    np.testing.assert_array_equal(pseudo["index"], [0, 2])  # a pair without keypoints is dropped
+    np.testing.assert_array_equal(pseudo["mask"], [[1, 1, 1, 0], [1, 1, 1, 1]])
+    np.testing.assert_array_equal(pseudo["source_keypoints"][0, :3], pairs[0]["source_keypoints"])
+    np.testing.assert_array_equal(pseudo["target_keypoints"][0, :3], pairs[0]["target_keypoints"])
+    assert (stats["annotator"], stats["pairs"], stats["points"]) == ("oracle", 2, 7)
+    with pytest.raises(ValueError, match="needs unlabeled pairs with annotated keypoints"):
+        annotate.true_labels([{"source_image": np.zeros((4, 4, 3))}], max_points=4)

@@ -5,7 +5,7 @@ import json
 
 from test_config import load
 
-from matchme_jax import selftrain
+from matchme_jax import experiment
 
 
 def test_spair_catspp_tiny_trains_a_teacher_and_a_student(tmp_path, tfds_dir):
@@ -14,7 +14,7 @@ def test_spair_catspp_tiny_trains_a_teacher_and_a_student(tmp_path, tfds_dir):
     config.dataset.data_dir = tfds_dir
     config.selftrain.generations = 1
     config.selftrain.tau = 0.0  # an untrained tiny teacher is never confident
-    results = selftrain.run(config, tmp_path)
+    results = experiment.run(config, tmp_path)
     teacher, student = results["generations"]
     assert (teacher["role"], student["role"]) == ("teacher", "student")
     assert 0.0 <= student["test"]["pck@0.1"] <= 100.0
@@ -26,6 +26,6 @@ def test_spair_catspp_tiny_trains_a_teacher_and_a_student(tmp_path, tfds_dir):
     assert (willow.model.name, willow.eval.threshold) == ("catspp", "bbox_kp")
     willow.dataset.data_dir = tfds_dir
     willow.init_from = str(tmp_path / "gen_1")
-    result = selftrain.run(willow, tmp_path / "willow")
+    result = experiment.run(willow, tmp_path / "willow")["test"]
     assert result["threshold"] == "bbox_kp" and result["num_pairs"] > 0
     assert (tmp_path / "willow" / "eval" / "pf_willow_test.json").exists()

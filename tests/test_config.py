@@ -44,10 +44,16 @@ def test_bad_values_are_listed_in_one_error():
     config.selftrain.consistency_radius = -1.0
     config.selftrain.unlabeled_pairs = "folder"
     config.selftrain.unlabeled_folder = "/no/such/folder"
+    config.selftrain.annotator = "oracle"  # reads keypoints the user's folder does not have
+    config.evals.test.type = "pcks"
+    config.evals.validation.modes = ("evaluate", "sometimes")
     with pytest.raises(ValueError) as error:
         config_checks.validate(config)
     message = str(error.value)
     for field in (
+        "selftrain.annotator='oracle': 'oracle' reads the unlabeled split's keypoints",
+        "evals.test.type='pcks': use one of ('pck', 'corruptions')",
+        "evals.validation.modes=('evaluate', 'sometimes'): modes among",
         "selftrain.tau=1.5",
         "selftrain.query='everywhere'",
         "train.steps=0",
@@ -102,6 +108,17 @@ def test_workdir_of_another_generator_seed_is_refused_older_ones_are_seed_0(tmp_
     config_checks.check_workdir(config, tmp_path)
     config.dataset.generator_seed = 3
     with pytest.raises(ValueError, match=r"dataset.generator_seed: 0 -> 3"):
+        config_checks.check_workdir(config, tmp_path)
+
+
+def test_workdir_may_continue_with_other_evaluators(tmp_path):
+    """Each summary records its evaluators' settings and evaluates again where they differ."""
+    config = load("synthetic.py:tiny")
+    config_checks.check_workdir(config, tmp_path)
+    config.evals.validation.split = "test"
+    config_checks.check_workdir(config, tmp_path)
+    config.selftrain.annotator = "oracle"
+    with pytest.raises(ValueError, match=r"selftrain.annotator: 'teacher' -> 'oracle'"):
         config_checks.check_workdir(config, tmp_path)
 
 

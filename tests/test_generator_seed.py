@@ -5,8 +5,8 @@ import pytest
 from test_config import load
 
 from data_builders.synthetic_correspondence import SyntheticCorrespondence
-from matchme_jax import corruption_benchmark
 from matchme_jax.data import sources
+from matchme_jax.evaluators import corruptions
 
 
 def _tiny(data_dir, seed: int):
@@ -64,5 +64,5 @@ def test_output_files_of_a_seed_are_named_apart():
     zero, three = _tiny(None, 0), _tiny(None, 3)
     assert sources.file_stem(zero) == "synthetic_correspondence"
     assert sources.file_stem(three) == "synthetic_correspondence_seed3"
-    assert corruption_benchmark.output_stem(three) == "synthetic_correspondence_seed3_c_test"
-    assert corruption_benchmark.output_stem(load("spair.py").dataset) == "spair_c_test"
+    assert corruptions.output_stem(three, "test") == "synthetic_correspondence_seed3_c_test"
+    assert corruptions.output_stem(load("spair.py").dataset, "test") == "spair_c_test"

@@ -71,14 +71,15 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 # One fresh tiny run's events: gen 0 trains 6 steps (checkpoints at 3 and 6) and evaluates 3
-# batches; generations 1 and 2 annotate 2 batches, train 6 steps, evaluate 3 batches. Each kill
-# is counted in the process it ends, which continues where the one before stopped.
+# test and 3 validation batches; generations 1 and 2 annotate 2 batches, train 6 steps and
+# evaluate the same. Each kill is counted in the process it ends, which continues where the one
+# before stopped.
 CHOSEN_KILLS = (
     "saved:1",  # gen 0, after its step-3 checkpoint
-    "annotate:2",  # finishes gen 0 (steps 4-6, test), then mid-annotation for gen 1
+    "annotate:2",  # finishes gen 0 (steps 4-6, evaluations), then mid-annotation for gen 1
     "save:1",  # annotates gen 1 again, then its step-3 checkpoint half written
     "eval:2",  # finishes training gen 1, then mid-test
-    "train:4",  # tests gen 1, annotates for gen 2, then in its training
+    "train:4",  # evaluates gen 1, annotates for gen 2, then in its training
 )
 
 

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from matchme_jax import parallel, selftrain
+from matchme_jax import parallel, results
 from matchme_jax.data import pipeline
 from matchme_jax.train import loop
 
@@ -105,10 +105,10 @@ def test_the_loop_checkpoints_the_iterator_state_of_the_last_batch_it_trained_on
 def test_only_process_zero_writes_the_train_log_and_results(tmp_path, monkeypatch):
     _, checkpoints, _ = _train(tmp_path, monkeypatch, process=1)
     assert set(checkpoints.saved) == {2, 4, 5}  # Orbax coordinates checkpoints itself
-    selftrain._write_json(tmp_path / "results.json", {"generations": []})
+    results.write(tmp_path / "results.json", {"generations": []})
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(parallel, "process_index", lambda: 0)
-    selftrain._write_json(tmp_path / "results.json", {"generations": []})
+    results.write(tmp_path / "results.json", {"generations": []})
     assert json.loads((tmp_path / "results.json").read_text()) == {"generations": []}
 
 

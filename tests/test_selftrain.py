@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_config import load
 
-from matchme_jax import convert, init_from, selftrain
+from matchme_jax import convert, experiment, init_from, results
 from matchme_jax.models import build_model
 
 
@@ -17,7 +17,7 @@ def tiny_run(tmp_path_factory, tfds_dir):
     config = load("synthetic.py:tiny")
     config.dataset.data_dir = tfds_dir
     workdir = tmp_path_factory.mktemp("run")
-    return config, workdir, selftrain.run(config, workdir)
+    return config, workdir, experiment.run(config, workdir)
 
 
 def test_results_json_has_every_generation(tiny_run):
@@ -33,6 +33,7 @@ def test_results_json_has_every_generation(tiny_run):
         assert set(g["test"]) == {"pck@0.05", "pck@0.1", "pck@0.15"}
         assert all(0.0 <= v <= 100.0 for v in g["test"].values())
         assert g["test"]["pck@0.05"] <= g["test"]["pck@0.1"] <= g["test"]["pck@0.15"]
+        assert set(g["validation"]) == set(g["test"])  # every generation is validated too
     for g in gens[1:]:
         stats = g["pseudo_labels"]
         assert stats["pairs"] >= 1 and stats["points"] >= stats["pairs"]
@@ -46,7 +47,7 @@ def test_one_checkpoint_directory_per_generation(tiny_run):
         steps = sorted(p.name for p in (workdir / f"gen_{g}" / "checkpoints").iterdir())
         assert str(config.train.steps) in steps
     assert (workdir / "gen_1" / "pseudo" / "pseudo_labels.npz").exists()
-    assert (workdir / selftrain.PLOT_FILE).stat().st_size > 0
+    assert (workdir / results.PLOT_FILE).stat().st_size > 0
 
 
 def test_students_reuse_the_teachers_compiled_step(tiny_run):
@@ -57,10 +58,22 @@ def test_students_reuse_the_teachers_compiled_step(tiny_run):
 def test_rerun_continues_instead_of_redoing(tiny_run):
     config, workdir, results = tiny_run
     logs = [(workdir / f"gen_{g}" / "train_log.jsonl").read_text() for g in range(3)]
-    again = selftrain.run(config, workdir)
+    again = experiment.run(config, workdir)
     assert again["generations"] == results["generations"]
     # Nothing was trained again: no new log lines.
     assert logs == [(workdir / f"gen_{g}" / "train_log.jsonl").read_text() for g in range(3)]
+
+
+def test_the_oracle_student_learns_the_unlabeled_pairs_true_keypoints(tmp_path, tfds_dir):
+    config = load("synthetic.py:tiny")
+    config.dataset.data_dir = tfds_dir
+    config.selftrain.generations = 1
+    config.selftrain.annotator = "oracle"
+    student = experiment.run(config, tmp_path)["generations"][1]
+    stats = student["pseudo_labels"]
+    assert stats["annotator"] == "oracle" and stats["precision@0.1"] == 100.0
+    assert stats["pairs"] == config.selftrain.num_unlabeled_pairs  # every drawn pair has keypoints
+    assert not (tmp_path / "gen_1" / "tau_sweep.json").exists()  # no confidence to sweep
 
 
 def _fresh_variables(config):
@@ -75,14 +88,18 @@ def test_evaluate_mode_tests_our_checkpoint(tiny_run, tmp_path):
     config = config.copy_and_resolve_references()
     config.mode = "evaluate"
     config.init_from = str(workdir / "gen_0")
-    result = selftrain.run(config, tmp_path)
+    evaluated = experiment.run(config, tmp_path)
+    assert set(evaluated) == {"test", "validation"}
+    result = evaluated["test"]
     assert result["pck@0.1"] == results["generations"][0]["test"]["pck@0.1"]
+    assert evaluated["validation"]["pck@0.1"] == results["generations"][0]["validation"]["pck@0.1"]
     saved = json.loads((tmp_path / "eval" / "synthetic_correspondence_test.json").read_text())
     assert saved["pck@0.1"] == result["pck@0.1"]
     assert saved["dataset"] == "synthetic_correspondence/tiny/1.0.0"
     table = (tmp_path / "eval" / "synthetic_correspondence_test.md").read_text()
     assert "| fish |" in table and "**mean over categories**" in table
-    assert len(list((tmp_path / "eval" / "matches").glob("*.png"))) == 8  # the first 8 pairs
+    pictures = (tmp_path / "eval" / "synthetic_correspondence_test_matches").glob("*.png")
+    assert len(list(pictures)) == 8  # the first 8 pairs
 
 
 def test_init_from_an_official_checkpoint_file(tiny_run, tmp_path):

@@ -5,7 +5,7 @@ import json
 
 from test_config import load
 
-from matchme_jax import selftrain
+from matchme_jax import experiment
 
 
 def test_spair_tiny_trains_a_teacher_and_a_student(tmp_path, tfds_dir):
@@ -13,7 +13,8 @@ def test_spair_tiny_trains_a_teacher_and_a_student(tmp_path, tfds_dir):
     config.dataset.data_dir = tfds_dir
     config.selftrain.generations = 1
     config.selftrain.tau = 0.0  # an untrained tiny teacher is never confident
-    results = selftrain.run(config, tmp_path)
+    results = experiment.run(config, tmp_path)
+    assert set(results["generations"][0]) >= {"test", "validation"}
     teacher, student = results["generations"]
     assert (teacher["role"], student["role"]) == ("teacher", "student")
     assert 0.0 <= student["test"]["pck@0.1"] <= 100.0
@@ -26,7 +27,7 @@ def test_spair_tiny_trains_a_teacher_and_a_student(tmp_path, tfds_dir):
     # The evaluation command on the same data, from the student's checkpoint.
     config.mode = "evaluate"
     config.init_from = str(tmp_path / "gen_1")
-    result = selftrain.run(config, tmp_path / "eval_run")
+    result = experiment.run(config, tmp_path / "eval_run")["test"]
     assert result["pck@0.1"] == student["test"]["pck@0.1"]
     assert (tmp_path / "eval_run" / "eval" / "spair71k_test.md").exists()
 
@@ -35,11 +36,11 @@ def test_pf_pascal_model_is_evaluated_on_pf_willow(tmp_path, tfds_dir):
     config = load("pfpascal.py:tiny")
     config.dataset.data_dir = tfds_dir
     config.mode = "train"  # the teacher alone
-    selftrain.run(config, tmp_path / "pascal")
+    experiment.run(config, tmp_path / "pascal")
     willow = load("pfwillow.py:tiny")
     willow.dataset.data_dir = tfds_dir
     willow.init_from = str(tmp_path / "pascal" / "gen_0")
-    result = selftrain.run(willow, tmp_path / "willow")
+    result = experiment.run(willow, tmp_path / "willow")["test"]
     assert result["threshold"] == "willow_cats" and result["direction"] == "target->source"
     saved = json.loads((tmp_path / "willow" / "eval" / "pf_willow_test.json").read_text())
     assert saved["num_pairs"] == result["num_pairs"] > 0

@@ -1,12 +1,13 @@
-"""SPair-C: PCK of a checkpoint on the clean test pairs and under ImageNet-C corruptions.
+"""SPair-C: PCK of a model on the clean test pairs and under ImageNet-C corruptions.
 
     python run.py --config=configs/spair.py --workdir=W --config.mode=evaluate_corruptions \
         --config.init_from=CHECKPOINT --config.dataset.num_workers=8
 
-evaluates `init_from` on the test split (optionally its first `corruptions.max_pairs` pairs),
-clean and under every corruption x severity of `config.corruptions`, and writes
-W/eval/spair_c_<split>.json (every PCK, per category too) and .md: a corruption x severity table
-of PCK@0.1, the mean over corruptions per severity, and the relative drop from clean.
+`config.evals.corruptions = dict(type="corruptions", split=..., names=..., severities=...,
+max_pairs=...)` evaluates the split (optionally its first `max_pairs` pairs), clean and under
+every corruption x severity, and writes W/eval/spair_c_<split>.json (every PCK, per category too)
+and .md: a corruption x severity table of PCK@0.1, the mean over corruptions per severity, and
+the relative drop from clean.
 
 Each cell is the ordinary evaluation (`evaluate.evaluate`, one compiled eval step for all) of the
 split read through `corruptions.CorruptedPairs`: grain corrupts the original images on the host,
@@ -17,15 +18,15 @@ the same command, rerun, keeps the cells it holds when the checkpoint and the ev
 are unchanged, so a killed run continues where it stopped (delete the file to start afresh).
 """
 
+import functools
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 from absl import logging
 
-from matchme_jax import evaluate
+from matchme_jax import atomic, evaluate
 from matchme_jax.data import sources
 from matchme_jax.data.corruptions import CorruptedPairs
 from matchme_jax.data.unlabeled import Subset
@@ -35,10 +36,10 @@ TABLE_ALPHA = 0.1  # the corruption table reports PCK@0.1, as the SPair-C litera
 STEMS = {"spair71k": "spair_c"}
 
 
-def output_stem(dataset_cfg) -> str:
+def output_stem(dataset_cfg, split: str) -> str:
     """`spair_c_<split>` for SPair-71k, `<dataset>_c_<split>` otherwise."""
     stem = STEMS.get(dataset_cfg.name, f"{sources.file_stem(dataset_cfg)}_c")
-    return f"{stem}_{dataset_cfg.test_split}"
+    return f"{stem}_{split}"
 
 
 def first_pairs(source, max_pairs: int | None):
@@ -48,15 +49,16 @@ def first_pairs(source, max_pairs: int | None):
     return Subset(source, np.arange(max_pairs))
 
 
-def _settings(config, num_pairs: int) -> dict:
+def _settings(config, split: str, num_pairs: int) -> dict:
     """What the numbers depend on: a saved cell is reused only when these are unchanged."""
     dataset = json.loads(config.dataset.to_json())
     for field in ("data_dir", "manual_dir", "num_workers"):  # where and how fast, not what
         dataset.pop(field)
-    if not dataset["generator_seed"]:  # seed 0: the settings of files saved before seeds existed
+    if not dataset["generator_seed"]:  # seed 0: the benchmark as named, without a seed
         dataset.pop("generator_seed")
     return {
         "checkpoint": config.init_from,
+        "split": split,
         "num_pairs": num_pairs,
         "dataset": dataset,
         "model": json.loads(config.model.to_json()),
@@ -152,61 +154,80 @@ def _write(out: Path, stem: str, result: dict, names, severities) -> None:
         f"{stem}.md": f"{header}\n\n{markdown_table(result, names, severities)}\n",
     }
     for name, text in contents.items():
-        tmp = out / f"{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        atomic.write_text(out / name, text)
 
 
-def evaluate_checkpoint(run_) -> dict:
-    """Evaluates `config.init_from` clean and corrupted; writes W/eval/<stem>.{json,md}.
+class Evaluator:
+    """The clean split and every corruption x severity of `eval_cfg`, saved cell by cell."""
 
-    Args:
-        run_: a `selftrain.Run` (its eval step, initial variables, test source, categories).
+    def __init__(self, name: str, eval_cfg, config, *, eval_step, model, workdir: Path):
+        del model  # the shared eval step is all it runs
+        self.name = name
+        self.split = eval_cfg.split
+        self.names, self.severities = tuple(eval_cfg.names), tuple(eval_cfg.severities)
+        self.max_pairs = eval_cfg.max_pairs
+        self._config = config
+        self._eval_step = eval_step
+        self._out = workdir / "eval"
 
-    Returns:
-        The JSON's content: `settings`, `clean` (the `evaluate.evaluate` result), `details`
-        ({corruption: {severity: result}}), `complete`, and the `summarize` fields.
-    """
-    config = run_.config
-    names, severities = tuple(config.corruptions.names), tuple(config.corruptions.severities)
-    out = run_.workdir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    stem = output_stem(config.dataset)
-    pairs = first_pairs(run_.test_source, config.corruptions.max_pairs)
-    settings = _settings(config, len(pairs))
-    clean, details = _saved_cells(out / f"{stem}.json", settings)
+    @functools.cached_property
+    def pairs(self):
+        """The (first `max_pairs`) pairs of the split, opened on first use."""
+        return first_pairs(sources.open_split(self._config.dataset, self.split), self.max_pairs)
 
-    def evaluate_on(source) -> dict:
-        start = time.perf_counter()
-        result = evaluate.evaluate(
-            run_.eval_step,
-            run_.init_variables,
-            source,
-            config.dataset,
-            config.eval,
-            run_.categories,
-        )
-        result["wall_time_s"] = round(time.perf_counter() - start, 2)
-        return result
+    @property
+    def settings(self) -> dict:
+        return _settings(self._config, self.split, len(self.pairs))
 
-    def save(complete: bool) -> dict:
-        result = {"settings": settings, "clean": clean, "details": details, "complete": complete}
-        result.update(summarize(clean, details, names, severities))
-        _write(out, stem, result, names, severities)
-        return result
+    def run(self, variables):
+        """Yields the result's fields: `settings`, `clean` (an `evaluate.evaluate` result),
+        `details` ({corruption: {severity: result}}), `complete`, and the `summarize` fields.
 
-    if clean is None:
-        clean = evaluate_on(pairs)
-        save(complete=False)
-    for name in names:
-        for severity in severities:
-            if str(severity) in details.get(name, {}):
-                continue
-            cell = evaluate_on(CorruptedPairs(pairs, name, severity))
-            details.setdefault(name, {})[str(severity)] = cell
-            pck = cell[f"pck@{TABLE_ALPHA:g}"]
-            logging.info("%s %d: PCK %.2f (%.1f s)", name, severity, pck, cell["wall_time_s"])
+        Writes W/eval/<stem>.{json,md} after every cell; the cells of an earlier run with the
+        same settings are kept, not evaluated again.
+        """
+        config = self._config
+        categories = sources.category_names(config.dataset)
+        names, severities = self.names, self.severities
+        self._out.mkdir(parents=True, exist_ok=True)
+        stem = output_stem(config.dataset, self.split)
+        settings = self.settings
+        clean, details = _saved_cells(self._out / f"{stem}.json", settings)
+
+        def evaluate_on(source) -> dict:
+            start = time.perf_counter()
+            result = evaluate.evaluate(
+                self._eval_step, variables, source, config.dataset, config.eval, categories
+            )
+            result["wall_time_s"] = round(time.perf_counter() - start, 2)
+            return result
+
+        def save(complete: bool) -> dict:
+            result = {
+                "settings": settings,
+                "clean": clean,
+                "details": details,
+                "complete": complete,
+            }
+            result.update(summarize(clean, details, names, severities))
+            _write(self._out, stem, result, names, severities)
+            return result
+
+        if clean is None:
+            clean = evaluate_on(self.pairs)
             save(complete=False)
-    result = save(complete=True)
-    print(markdown_table(result, names, severities))
-    return result
+        for name in names:
+            for severity in severities:
+                if str(severity) in details.get(name, {}):
+                    continue
+                cell = evaluate_on(CorruptedPairs(self.pairs, name, severity))
+                details.setdefault(name, {})[str(severity)] = cell
+                pck = cell[f"pck@{TABLE_ALPHA:g}"]
+                logging.info("%s %d: PCK %.2f (%.1f s)", name, severity, pck, cell["wall_time_s"])
+                save(complete=False)
+        yield from save(complete=True).items()
+
+    def report(self, result: dict, variables, directory: Path) -> str:
+        """The corruption table (`run` has written the files already)."""
+        del variables, directory
+        return markdown_table(result, self.names, self.severities)

@@ -1,0 +1,37 @@
+"""Evaluators built from `config.evals`, in the manner of big_vision.
+
+Each entry names a type and the modes it runs in:
+
+    config.evals.validation = dict(type="pck", split="validation", modes=("selftrain", "train"))
+
+`from_config(config, model, workdir)` builds the evaluators of `config.mode`, all sharing one
+compiled eval step; `evaluator.run(variables)` yields `(metric, value)` pairs, and
+`evaluator.report(result, variables, directory)` writes them as files for a user. In
+self-training every evaluator runs after each generation (its PCK goes into summary.json and
+results.json under its name); `mode=evaluate` / `evaluate_corruptions` run them once on
+`config.init_from`.
+"""
+
+import importlib
+from pathlib import Path
+
+from matchme_jax import evaluate
+
+# type -> the module whose `Evaluator` implements it (imported on use: SPair-C needs extras).
+TYPES = {
+    "pck": "matchme_jax.evaluators.pck",
+    "corruptions": "matchme_jax.evaluators.corruptions",
+}
+
+
+def from_config(config, model, workdir: Path) -> dict:
+    """{name: evaluator} for every entry of `config.evals` whose `modes` hold `config.mode`."""
+    eval_step = evaluate.make_eval_step(model, config.dataset, config.eval)
+    evaluators = {}
+    for name, eval_cfg in config.evals.items():
+        if config.mode in eval_cfg.modes:
+            module = importlib.import_module(TYPES[eval_cfg.type])
+            evaluators[name] = module.Evaluator(
+                name, eval_cfg, config, eval_step=eval_step, model=model, workdir=Path(workdir)
+            )
+    return evaluators

@@ -1,0 +1,62 @@
+"""What a self-training run reports: W/results.json, each W/gen_<g>/summary.json, the table."""
+
+from pathlib import Path
+
+from matchme_jax import atomic, parallel
+
+RESULTS_FILE = "results.json"
+SUMMARY_FILE = "summary.json"
+PLOT_FILE = "pck_per_generation.png"
+# The per-generation fields of results.json (the evaluators' names are added to them).
+GENERATION_FIELDS = ("generation", "role", "pseudo_labels")
+PSEUDO_LABEL_FIELDS = (
+    "annotator",
+    "pairs",
+    "points",
+    "points_per_pair",
+    "mean_confidence",
+    "precision@0.05",
+    "precision@0.1",
+)
+
+
+def write(path: Path, content: dict) -> None:
+    """Writes `content` as JSON, whole; only the main process writes (the others agree)."""
+    if parallel.is_main_process():
+        atomic.write_json(path, content)
+
+
+def pck_only(result: dict) -> dict:
+    """The overall PCK values of an evaluation (`pck@<alpha>`), without the per-category ones."""
+    return {k: v for k, v in result.items() if k.startswith("pck@")}
+
+
+def public_pseudo_label_stats(stats: dict | None) -> dict | None:
+    """The headline pseudo-label statistics results.json shows (the rest stay in summary.json)."""
+    if stats is None:
+        return None
+    return {k: stats[k] for k in PSEUDO_LABEL_FIELDS if k in stats}
+
+
+def format_table(results: dict) -> str:
+    """The per-generation table printed at the end of a run."""
+    has_validation = any("validation" in r for r in results["generations"])
+    val_header = "  val PCK@0.1" if has_validation else ""
+    lines = [
+        "gen  role     PCK@0.05  PCK@0.1  PCK@0.15"
+        + val_header
+        + "  pseudo pairs  pseudo points  precision@0.1",
+    ]
+    for r in results["generations"]:
+        t, p = r["test"], r["pseudo_labels"] or {}
+        precision = p.get("precision@0.1")
+        val = ""
+        if has_validation:
+            value = r.get("validation", {}).get("pck@0.1")
+            val = f"  {'-' if value is None else f'{value:.2f}':>11}"
+        lines.append(
+            f"{r['generation']:>3}  {r['role']:<7}  {t['pck@0.05']:8.2f}  {t['pck@0.1']:7.2f}  "
+            f"{t['pck@0.15']:8.2f}{val}  {p.get('pairs', '-'):>12}  {p.get('points', '-'):>13}  "
+            f"{'-' if precision is None else f'{precision:.1f}':>13}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,241 @@
+r"""Runs a named study: a sweep of config overrides over seeds, then one table and one figure.
+
+    python -m matchme_jax.study --study=configs/studies/tau.py --workdir=W
+
+A study file's `get_study()` returns a dict:
+  config:    the experiment config, as run.py's --config takes it ("configs/synthetic.py");
+  overrides: {field: value} applied to every run (may be empty);
+  cells:     {label: {field: value}}, the settings compared;
+  seeds:     {field: values}, e.g. {"seed": (0, 1)}; every cell runs once per combination.
+Each run is `python run.py --config=... --workdir=W/<cell>/<seeds> --config.<field>=<value> ...`
+(a workdir per run, so reruns continue or skip it). A run whose results.json is complete is
+skipped; an unfinished one continues where it stopped. At the end W/study.json holds every
+run's per-generation PCK and pseudo-label statistics with the mean and standard deviation per
+cell, W/study.md the table and W/study.png the final PCK@0.1 per cell.
+"""
+
+import importlib.util
+import itertools
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags, logging
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from matchme_jax import atomic, results
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY_FILE, TABLE_FILE, PLOT_FILE = "study.json", "study.md", "study.png"
+
+
+def load_study(path: str | Path) -> dict:
+    """The study file's `get_study()`, checked: one clear error per missing or bad field."""
+    study = _get_study(Path(path))
+    missing = [k for k in ("config", "cells", "seeds") if k not in study]
+    if missing:
+        raise ValueError(f"Study {path}: get_study() lacks {missing}.")
+    if not study["cells"]:
+        raise ValueError(f"Study {path}: 'cells' is empty; give at least one setting to run.")
+    for field, values in study["seeds"].items():
+        if not values:
+            raise ValueError(f"Study {path}: seeds[{field!r}] is empty.")
+    study.setdefault("overrides", {})
+    return study
+
+
+def _get_study(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"--study={str(path)!r} is not a file (see configs/studies/).")
+    spec = importlib.util.spec_from_file_location(f"study_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.get_study())
+
+
+def _flag_value(value) -> str:
+    """How config_flags reads a value back: strings raw, the rest as Python literals."""
+    return value if isinstance(value, str) else repr(value)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
+
+
+def runs(study: dict) -> list[dict]:
+    """Every (cell, seeds) run: its label, seeds, relative workdir and override flags."""
+    fields = list(study["seeds"])
+    planned = []
+    for cell, settings in study["cells"].items():
+        for values in itertools.product(*(study["seeds"][f] for f in fields)):
+            seeds = dict(zip(fields, values, strict=True))
+            name = "_".join(f"{f.split('.')[-1]}{v}" for f, v in seeds.items())
+            overrides = {**study["overrides"], **settings, **seeds}
+            planned.append(
+                {
+                    "cell": cell,
+                    "seeds": seeds,
+                    "workdir": Path(_slug(cell)) / name,
+                    "flags": [f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()],
+                }
+            )
+    return planned
+
+
+def finished(workdir: Path) -> dict | None:
+    """A run's results.json when the run completed (it is written last), else None."""
+    path = workdir / results.RESULTS_FILE
+    if not path.exists():
+        return None
+    content = json.loads(path.read_text())
+    return content if "train_step_compilations" in content else None
+
+
+def run_one(config: str, workdir: Path, flags_: list[str]) -> dict:
+    """Runs (or continues) one run.py command; its results.json."""
+    command = [sys.executable, str(ROOT / "run.py"), f"--config={config}", f"--workdir={workdir}"]
+    logging.info("Running %s", " ".join(command + flags_))
+    subprocess.run(command + flags_, cwd=ROOT, check=True)
+    done = finished(workdir)
+    if done is None:
+        raise RuntimeError(f"{workdir}: run.py ended without a complete results.json.")
+    return done
+
+
+def _row(results_: dict) -> dict:
+    """One run's per-generation numbers."""
+    rows = []
+    for g in results_["generations"]:
+        p = g.get("pseudo_labels") or {}
+        rows.append(
+            {
+                "generation": g["generation"],
+                "test_pck@0.1": g["test"]["pck@0.1"],
+                "validation_pck@0.1": (g.get("validation") or {}).get("pck@0.1"),
+                "pseudo_points": p.get("points"),
+                "precision@0.1": p.get("precision@0.1"),
+            }
+        )
+    return rows
+
+
+def _mean_std(values: list) -> dict:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+
+
+def collect(study: dict, planned: list[dict], done: dict) -> dict:
+    """The study table: every run's rows, and per cell the mean and std over its seeds."""
+    table = {"config": study["config"], "overrides": study["overrides"], "cells": {}}
+    for cell in study["cells"]:
+        cell_runs = [r for r in planned if r["cell"] == cell]
+        rows = [_row(done[str(r["workdir"])]) for r in cell_runs]
+        summary = {}
+        generations = min(len(r) for r in rows)
+        for key in ("test_pck@0.1", "validation_pck@0.1", "pseudo_points", "precision@0.1"):
+            summary[key] = [_mean_std([r[g][key] for r in rows]) for g in range(generations)]
+        table["cells"][cell] = {
+            "settings": study["cells"][cell],
+            "runs": [
+                {"seeds": r["seeds"], "workdir": str(r["workdir"]), "generations": rows_}
+                for r, rows_ in zip(cell_runs, rows, strict=True)
+            ],
+            "per_generation": summary,
+        }
+    return table
+
+
+def _pm(stat: dict) -> str:
+    return "-" if stat["mean"] is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+
+
+def markdown(table: dict) -> str:
+    """Two tables, mean ± std over seeds: per cell the teacher's and the final generation's
+    numbers; then every generation of every cell."""
+    lines = [
+        "| cell | seeds | teacher PCK@0.1 | final PCK@0.1 | final val PCK@0.1 | final pseudo "
+        "points | final precision@0.1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cell, entry in table["cells"].items():
+        s = entry["per_generation"]
+        last = len(s["test_pck@0.1"]) - 1
+        lines.append(
+            f"| {cell} | {len(entry['runs'])} | {_pm(s['test_pck@0.1'][0])} | "
+            f"{_pm(s['test_pck@0.1'][last])} | {_pm(s['validation_pck@0.1'][last])} | "
+            f"{_pm(s['pseudo_points'][last])} | {_pm(s['precision@0.1'][last])} |"
+        )
+    lines += [
+        "",
+        "| cell | generation | test PCK@0.1 | val PCK@0.1 | pseudo points | precision@0.1 |",
+    ]
+    lines.append("|---|---|---|---|---|---|")
+    for cell, entry in table["cells"].items():
+        s = entry["per_generation"]
+        for g in range(len(s["test_pck@0.1"])):
+            lines.append(
+                f"| {cell} | {g} | {_pm(s['test_pck@0.1'][g])} | "
+                f"{_pm(s['validation_pck@0.1'][g])} | {_pm(s['pseudo_points'][g])} | "
+                f"{_pm(s['precision@0.1'][g])} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(table: dict, path: Path) -> None:
+    """Test PCK@0.1 per generation, one line per cell, mean ± std over seeds."""
+    figure = Figure(figsize=(6.4, 4.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for cell, entry in table["cells"].items():
+        stats = entry["per_generation"]["test_pck@0.1"]
+        x = np.arange(len(stats))
+        mean = np.array([s["mean"] for s in stats])
+        std = np.array([s["std"] for s in stats])
+        axes.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=cell)
+    axes.set_xlabel("generation (0 = teacher)")
+    axes.set_ylabel("test PCK@0.1 (%), mean ± std over seeds")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize="small")
+    figure.savefig(path, format="png")
+
+
+def run_study(study_path: str | Path, workdir: str | Path, runner=run_one) -> dict:
+    """Runs every unfinished run of the study, then writes study.json, .md and .png."""
+    study = load_study(study_path)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    planned = runs(study)
+    done = {}
+    for r in planned:
+        run_dir = workdir / r["workdir"]
+        previous = finished(run_dir)
+        if previous is not None:
+            logging.info("Skipping %s: finished.", run_dir)
+            done[str(r["workdir"])] = previous
+        else:
+            done[str(r["workdir"])] = runner(study["config"], run_dir, r["flags"])
+    table = collect(study, planned, done)
+    atomic.write_json(workdir / STUDY_FILE, table)
+    atomic.write_text(workdir / TABLE_FILE, markdown(table) + "\n")
+    plot(table, workdir / PLOT_FILE)
+    print(markdown(table))
+    return table
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.INFO)
+    run_study(flags.FLAGS.study, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("study", None, "A study file (configs/studies/*.py).")
+    flags.DEFINE_string("workdir", None, "Folder of the study's runs and tables.")
+    flags.mark_flags_as_required(["study", "workdir"])
+    app.run(main)

@@ -1,0 +1,87 @@
+"""Trains one generation: data, optimizer state and checkpoints around the shared train step."""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from matchme_jax import checkpoint, parallel
+from matchme_jax.data import pipeline
+from matchme_jax.data.augment import AugmentStrength
+from matchme_jax.train.loop import train_generation
+from matchme_jax.train.state import create_train_state, make_optimizer
+from matchme_jax.train.step import TrainStep
+
+ROLES = ("teacher", "student")
+
+
+class GenerationTrainer:
+    """Trains generation g in W/gen_<g>/, resuming from its latest checkpoint.
+
+    One compiled train step serves every generation: the augmentation strength of a role
+    (`config.augment.<role>`) is data, not a compile-time constant.
+    """
+
+    def __init__(self, config, model, workdir: Path):
+        self._config = config
+        self._workdir = Path(workdir)
+        self.optimizer = make_optimizer(
+            config.optim,
+            total_steps=config.train.steps,
+            freeze_backbone=config.model.freeze_backbone,
+        )
+        self.train_step = TrainStep(
+            model,
+            self.optimizer,
+            config.model,
+            config.dataset,
+            receptive_field=config.train.receptive_field,
+        )
+        self._strengths = {
+            role: AugmentStrength.from_config(config.augment[role]) for role in ROLES
+        }
+
+    def train(self, generation: int, variables, training_sources, weights, role: str):
+        """The variables after `config.train.steps` steps from `variables` on the sources.
+
+        Args:
+          generation: names the folder and seeds the batches and the step rng.
+          variables: where training starts (not donated: the shared initialisation or the
+            teacher outlives the generation).
+          training_sources: random-access sources mixed with `weights` (fractions of a batch).
+          role: "teacher" or "student", the augmentation strength.
+        """
+        config = self._config
+        gen_dir = self._workdir / f"gen_{generation}"
+        variables = jax.tree.map(jnp.copy, variables)  # the train step donates its state
+        state = parallel.replicate(create_train_state(variables, self.optimizer))
+        ckpt = checkpoint.GenerationCheckpoints(gen_dir)
+        batches = pipeline.training_iterator(
+            training_sources,
+            weights,
+            config.dataset,
+            batch_size=config.train.batch_size,
+            seed=config.seed + 1000 * generation,
+            shard_index=parallel.process_index(),
+            shard_count=parallel.process_count(),
+        )
+        latest = ckpt.latest_step()
+        if latest is not None:
+            logging.info("Generation %d: resuming from step %d", generation, latest)
+            state, data_state = ckpt.restore(latest, checkpoint.abstract(state))
+            state = parallel.replicate(state)
+            batches.set_state(data_state)
+        state = train_generation(
+            state=state,
+            train_step=self.train_step,
+            batches=batches,
+            strength=self._strengths[role],
+            rng=jax.random.fold_in(jax.random.key(config.seed), generation),
+            train_cfg=config.train,
+            checkpoints=ckpt,
+            log_path=gen_dir / "train_log.jsonl",
+            label=f"gen {generation} ({role})",
+        )
+        ckpt.close()
+        return state.variables()
