@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# THE prepared GPU run (issue 15): parts run one after the other, most important first, each
+# THE prepared GPU run: parts run one after the other, most important first, each
 # skipped when the time left (BUDGET_S, default 520 s) is too short. PARTS picks some:
 #   cats    CATs (ResNet-101, depth 1, 256 x 256, batch 32, random data), one process per row so
 #           that each row's allocator peak is its own: train bf16 fine-tuned, annotate bf16, then

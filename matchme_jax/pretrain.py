@@ -41,7 +41,7 @@ from ml_collections import config_flags
 from data_builders.synthetic_correspondence import generator as gen
 from data_builders.synthetic_correspondence.pretraining_images import CATEGORIES, render_example
 from matchme_jax import convert
-from matchme_jax.data.augment import normalize_uint8
+from matchme_jax.models.inputs import normalize_uint8
 from matchme_jax.models.resnet import ResNet, stage_blocks, stem_width
 
 
@@ -277,7 +277,7 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     # Flags only when run as a program: absl flags are global, and other modules imported beside
-    # this one (run.py's, the throughput tool's) define a `--config` of their own.
+    # this one (run.py's, the benchmark's) define a `--config` of their own.
     _CONFIG = config_flags.DEFINE_config_file(
         "config",
         None,

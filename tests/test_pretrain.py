@@ -137,6 +137,6 @@ def test_the_command_line_writes_the_weights_and_its_record(tmp_path):
 
 def test_importing_it_defines_no_flags():
     # absl flags are global: a module-level `--config` would clash with run.py's in one process.
-    code = "import matchme_jax.pretrain, matchme_jax.data.throughput"
+    code = "import matchme_jax.pretrain, matchme_jax.study"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=120)

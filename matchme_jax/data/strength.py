@@ -27,7 +27,7 @@ _PRESETS: dict[str, dict[str, float]] = {
         tps_p=0.0,
         tps_magnitude=0.0,
     ),
-    # The official CATs training augmentation (reference §2).
+    # The official CATs training augmentation (CATs commit d01785a, `data/dataset.py`).
     "weak": dict(
         photometric_p=0.2,
         photometric_magnitude=1.0,

@@ -1,6 +1,6 @@
 """Sparse ground-truth flow on the target feature grid from keypoint pairs (official rule).
 
-The official rule (cats_reference.md §2, `data/keypoint_to_flow.py`): target feature cell (y, x)
+The official rule (CATs commit d01785a, `data/keypoint_to_flow.py`): target feature cell (y, x)
 owns the inclusive pixel box of side `receptive_field` centred on `(jsz*x + jsz//2, jsz*y + jsz//2)`
 with `jsz = image_size // feature_size`. For every masked-in TARGET keypoint k inside the box the
 official code writes
