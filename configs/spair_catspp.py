@@ -4,7 +4,7 @@ r"""CATs++ teacher and students on SPair-71k, the official CATs++ recipe (ResNet
     python run.py --config=configs/spair_catspp.py --workdir=W \
         --config.model.backbone_weights=resnet101-5d3b4d8f.pth
 
-Everything as configs/spair.py except the model and its recipe (the CATs++ paper's training settings):
+Everything as configs/spair.py except the model and the CATs++ training recipe:
 512-px images, a 32 x 32 flow grid of 16-px cells, head lr 3e-4, backbone lr 3e-6, the backbone
 fine-tuned from torchvision's ImageNet ResNet-101. A 64^4 correlation at batch 32 is
 large: docs/scaling.md gives the memory per batch; `--config.model.dtype=bfloat16`

@@ -5,16 +5,17 @@ from pathlib import Path
 
 import ml_collections
 
+from data_builders.corruption_recipe import CORRUPTIONS, SEVERITIES
 from matchme_jax import atomic
+from matchme_jax.annotate import QUERIES
 from matchme_jax.data.augment import AugmentStrength
-from matchme_jax.data.corruptions import CORRUPTIONS, SEVERITIES
 from matchme_jax.data.sources import NOT_SEEDED, SEEDED_DATASET
 from matchme_jax.data.unlabeled import UNLABELED_PAIRS
 from matchme_jax.evaluate import THRESHOLDS
 from matchme_jax.evaluators import TYPES as EVALUATOR_TYPES
 from matchme_jax.evaluators.corruptions import TABLE_ALPHA
+from matchme_jax.selftrain import ANNOTATORS, STUDENT_INITS
 
-ANNOTATORS = ("teacher", "oracle")
 MODES = ("selftrain", "train", "evaluate", "evaluate_corruptions")
 EVALUATION_MODES = ("evaluate", "evaluate_corruptions")
 CONFIG_FILE = "config.json"
@@ -58,7 +59,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
     need(0.0 <= st.tau <= 1.0, "selftrain.tau", "a confidence in [0, 1]")
     need(st.generations >= 0, "selftrain.generations", "0 or more")
-    need(st.query in ("bbox", "all"), "selftrain.query", "'bbox' or 'all'")
+    need(st.query in QUERIES, "selftrain.query", f"one of {QUERIES}")
     need(st.annotator in ANNOTATORS, "selftrain.annotator", f"one of {ANNOTATORS}")
     need(
         st.annotator != "oracle" or st.unlabeled_pairs == "split",
@@ -80,7 +81,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "selftrain.consistency_radius",
         "None (no check) or a positive number of feature cells",
     )
-    need(st.student_init in ("same", "teacher"), "selftrain.student_init", "'same' or 'teacher'")
+    need(st.student_init in STUDENT_INITS, "selftrain.student_init", f"one of {STUDENT_INITS}")
     need(0.0 < st.labeled_fraction <= 1.0, "selftrain.labeled_fraction", "in (0, 1]")
     need(st.pseudo_weight >= 0.0, "selftrain.pseudo_weight", "0 or more")
     need(st.num_unlabeled_pairs >= 1, "selftrain.num_unlabeled_pairs", "1 or more")

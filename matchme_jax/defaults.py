@@ -11,8 +11,9 @@ from pathlib import Path
 import ml_collections
 from ml_collections import config_dict
 
+from data_builders.corruption_recipe import CORRUPTIONS, SEVERITIES
 from matchme_jax.data.augment import AugmentStrength
-from matchme_jax.data.corruptions import CORRUPTIONS, SEVERITIES
+from matchme_jax.models import MODEL_CLASSES, model_defaults
 
 
 def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -28,60 +29,37 @@ def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections
     return module.get_config(arg)
 
 
-def cats_model() -> ml_collections.ConfigDict:
-    """The official CATs model (train.py defaults: ResNet-101, depth 1)."""
+def model_config(name: str) -> ml_collections.ConfigDict:
+    """`config.model` of the model class `name` picks (see `models.MODEL_CLASSES`).
+
+    The class's fields with their defaults (its docstring says what each means), plus the
+    fields only the config has: `name`, and `backbone_weights`, a torchvision ResNet weights
+    file for the backbone (`init_from.with_backbone_weights`).
+    """
     return ml_collections.ConfigDict(
         dict(
-            name="cats",
-            backbone="resnet101",  # resnet101 | resnet50 | custom
-            backbone_blocks=(3, 4, 23, 3),  # blocks per stage, used when backbone == "custom"
-            backbone_width=64,  # stem channels, used when backbone == "custom"
-            backbone_weights=config_dict.placeholder(str),  # torchvision ResNet weights file
-            hyperpixel_ids=(0, 8, 20, 21, 26, 28, 29, 30),
-            feature_size=16,
-            feature_proj_dim=128,
-            depth=1,
-            num_heads=6,
-            mlp_ratio=4.0,
-            beta=0.02,
-            freeze_backbone=False,
-            bn_mode="official",  # official: batch statistics while training | frozen
-            # Compute dtype: float32, or bfloat16 for mixed precision (backbone convolutions and
-            # aggregator in bfloat16; parameters, optimizer state, correlation, soft-argmax and
-            # loss in float32). float64 is for parity checks.
-            dtype="float32",
-            # Attention kernel: auto (cuDNN on GPU in bfloat16/float16, else XLA) | xla | cudnn
-            attention="auto",
+            name=name,
+            backbone_weights=config_dict.placeholder(str),
+            **model_defaults(MODEL_CLASSES[name]),
         )
     )
+
+
+def cats_model() -> ml_collections.ConfigDict:
+    """The official CATs model (train.py defaults: ResNet-101, depth 1); fields: `models.CATs`."""
+    return model_config("cats")
 
 
 def catspp_model() -> ml_collections.ConfigDict:
-    """The official CATs++ model (`CATsImproved(backbone="resnet101")`, 512-px images)."""
-    return ml_collections.ConfigDict(
-        dict(
-            name="catspp",
-            backbone="resnet101",  # resnet101 | resnet50 | custom (four stages)
-            backbone_blocks=(3, 4, 23, 3),  # blocks per stage, used when backbone == "custom"
-            backbone_width=64,  # stem channels, used when backbone == "custom"
-            backbone_weights=config_dict.placeholder(str),  # torchvision ResNet weights file
-            feature_size=32,  # flow grid side = image_size // 16
-            num_heads=4,
-            qk_dim=512,
-            affinity_dim=128,
-            mlp_ratio=4.0,
-            affinity_dropout=0.5,
-            beta=0.02,
-            freeze_backbone=False,
-            bn_mode="official",
-            dtype="float32",  # bfloat16: the 4-D correlations and attention at half the bytes
-        )
-    )
+    """The official CATs++ model (`CATsImproved(backbone="resnet101")`, 512-px images); fields:
+    `models.CATsPP`."""
+    return model_config("catspp")
 
 
 def use_catspp(config: ml_collections.ConfigDict) -> None:
-    """The CATs++ recipe (reference section 5.5): 512-px images, head lr 3e-4, backbone lr 3e-6,
-    fine-tuned backbone, a 32 x 32 flow grid of 16-px cells (official KeypointToFlow jsz 16)."""
+    """Switches `config` to the CATs++ recipe: the CATs++ model on 512-px images, whose 16-px
+    cells make a 32 x 32 flow grid (the official KeypointToFlow `jsz` 16), with the backbone
+    fine-tuned at lr 3e-6 and the head at 3e-4."""
     config.model = catspp_model()
     config.dataset.image_size = 512
     config.optim.head_lr = 3e-4
@@ -211,7 +189,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Evaluators (matchme_jax/evaluators): each runs in the modes it lists. In self-training
     # every generation is evaluated on the test and validation splits; `evaluate` tests
     # init_from on both; `evaluate_corruptions` runs SPair-C (the split under ImageNet-C
-    # corruptions, made as matchme_jax/data/corruptions.py says; it needs 0.1 in eval.alphas).
+    # corruptions, made as data_builders/corruption_recipe.py says; it needs 0.1 in eval.alphas).
     config.evals = ml_collections.ConfigDict(
         dict(
             test=pck_evaluator("test"),

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from matchme_jax import metrics, parallel
 from matchme_jax.data import pipeline
-from matchme_jax.data.augment import normalize_uint8
+from matchme_jax.models.inputs import normalize_uint8
 
 # bbox: the source box's larger side (SPair-71k); img: the image side (PF-PASCAL); bbox_kp: the
 # source keypoints' extent (CATs++'s PF-WILLOW `bbox-kp`); willow_cats: the official CATs PF-WILLOW

@@ -22,6 +22,12 @@ from matchme_jax.data import pipeline, sources, unlabeled
 from matchme_jax.models import build_model
 from matchme_jax.train.trainer import GenerationTrainer
 
+# Who labels the unlabeled pairs: the previous generation, or (a diagnostic, never a default)
+# the pairs' own annotation, the ceiling of any pseudo labels.
+ANNOTATORS = ("teacher", "oracle")
+# Where a student starts: the teacher's initialisation, or the teacher's weights.
+STUDENT_INITS = ("same", "teacher")
+
 
 def run(config, workdir: Path) -> dict:
     """Runs (or continues) generations 0 .. selftrain.generations; returns results.json."""

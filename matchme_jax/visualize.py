@@ -1,11 +1,12 @@
-"""Pictures: keypoint matches of a model on a few pairs, and PCK per self-training generation.
+"""Figures: a model's keypoint matches, PCK per self-training generation, the annotator's tau sweep.
 
 `draw_matches` puts the source (left) and the target (right) side by side and joins each target
 keypoint to the source point the model transfers it to, in `CORRECT_COLOUR` when the official PCK
 counts it correct and in `WRONG_COLOUR` otherwise. Filled dots are the target keypoint and the
 predicted source point; a hollow ring of the same colour is the true source point, joined to the
 prediction by a thin line (the error). `save_match_pictures` runs a model's flow function on the
-first pairs of a split and writes one PNG per pair; `plot_generations` plots a results.json.
+first pairs of a split and writes one PNG per pair; `plot_generations` plots a results.json;
+`plot_tau_sweep` plots the annotator's tau sweep.
 """
 
 import math
@@ -22,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from matchme_jax import evaluate, metrics
 from matchme_jax.data import pipeline
-from matchme_jax.data.augment import normalize_uint8
+from matchme_jax.models.inputs import normalize_uint8
 
 # Okabe-Ito bluish green and vermillion: told apart with the common colour-vision deficiencies.
 CORRECT_COLOUR = (0, 158, 115)
@@ -311,4 +312,34 @@ def plot_generations(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
+    return path
+
+
+def plot_tau_sweep(rows: Sequence[Mapping], path: str | Path) -> Path:
+    """Plots pseudo points kept and their precision@0.1 (percent) against tau, as a PNG.
+
+    Args:
+      rows: the annotator's tau sweep (`annotate.sweep_tau`): one {"tau": float, "points": int,
+        "precision@0.1": float or None, ...} per tau.
+      path: the PNG to write, e.g. W/gen_<g>/tau_sweep.png.
+
+    Returns:
+      `path`.
+    """
+    taus = [row["tau"] for row in rows]
+    figure = Figure(figsize=(5.0, 3.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    count_axes = figure.add_subplot()
+    count_axes.plot(taus, [row["points"] for row in rows], "o-", color="tab:blue")
+    count_axes.set_xlabel("tau (confidence threshold)")
+    count_axes.set_ylabel("pseudo points kept", color="tab:blue")
+    precision_axes = count_axes.twinx()
+    # No truth at a tau: a gap in the line.
+    precision = [math.nan if row["precision@0.1"] is None else row["precision@0.1"] for row in rows]
+    precision_axes.plot(taus, precision, "s--", color="tab:orange")
+    precision_axes.set_ylabel("precision@0.1 (%)", color="tab:orange")
+    precision_axes.set_ylim(0.0, 100.0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
     return path

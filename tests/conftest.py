@@ -24,8 +24,9 @@ if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
 
+@pytest.hookimpl(optionalhook=True)  # plain `pytest` runs without pytest-xdist
 def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto` (pyproject.toml): one worker per core, at most 4 (each may hold a few GiB).
+    """`-n auto` (.ci/run): one worker per core, at most 4 (each may hold a few GiB).
 
     Whole files go to one worker (`--dist loadfile`), so a module's expensive fixtures (the
     parity runs, the parallel and resume subprocesses) are built once.

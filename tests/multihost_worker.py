@@ -56,7 +56,7 @@ def main(process_id: int, num_processes: int, port: int, out_path: str) -> None:
     from jax.experimental import multihost_utils
 
     from matchme_jax import defaults, parallel
-    from matchme_jax.annotate_step import make_annotate_step
+    from matchme_jax.annotate.step import make_annotate_step
     from matchme_jax.bench import random_batch
     from matchme_jax.models import build_model
 

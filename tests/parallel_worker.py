@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from matchme_jax import annotate, defaults, evaluate, parallel
-from matchme_jax.data.augment import AugmentStrength, normalize_uint8
+from matchme_jax.data.augment import AugmentStrength
 from matchme_jax.models import build_model
+from matchme_jax.models.inputs import normalize_uint8
 from matchme_jax.train.state import create_train_state, make_optimizer
 from matchme_jax.train.step import TrainStep
 

@@ -19,10 +19,10 @@ def test_cell_centres_and_flow_in_canvas_pixels():
     np.testing.assert_allclose(source[0, [0, 1, 3]], target[0, [0, 1, 3]])
 
 
-def _select(confidence, target, source, box, **kw):
-    args = dict(tau=0.5, query="bbox", max_points=10, image_size=32)
-    args.update(kw)
-    return annotate.select_points(confidence, target, source, box, **args)
+def _select(confidence, target, source, box, *, tau=0.5, query="bbox", max_points=10):
+    """The annotation pass's selection: candidate cells, then the most confident above tau."""
+    candidates = annotate.candidate_cells(target, source, box, query=query, image_size=32)
+    return annotate.keep_most_confident(confidence, candidates, tau=tau, max_points=max_points)
 
 
 def test_selection_by_tau_box_canvas_and_count():
@@ -42,6 +42,14 @@ def test_selection_by_tau_box_canvas_and_count():
     )
     with pytest.raises(ValueError, match="selftrain.query"):
         _select(confidence, target, source, box, query="centre")
+
+
+def test_max_points_ranks_each_pair_on_its_own_and_ties_by_cell_order():
+    confidence = np.array([[0.6, 0.9, 0.6, 0.8], [0.7, 0.7, 0.7, 0.2]], np.float32)
+    candidates = np.array([[True, False, True, True], [True, True, True, True]])
+    keep = annotate.keep_most_confident(confidence, candidates, tau=0.5, max_points=2)
+    # Pair 0: cell 1 is no candidate; 0.8, then the first of the tied 0.6. Pair 1: the first two.
+    np.testing.assert_array_equal(keep, [[True, False, False, True], [True, True, False, False]])
 
 
 def test_truth_distance_reads_the_grid_point_the_target_point_falls_in():
@@ -96,6 +104,13 @@ def test_round_trip_error_by_hand():
     # Backward flow there is (0, -1) cells: returns to (15.5, -8.5); start was (7.5, 7.5).
     expected = np.hypot(8.0, 16.0) / 16.0
     np.testing.assert_allclose(annotate.round_trip_error(target, source, halfway, 32), [[expected]])
+    # Beyond the outer cell centres, even off the canvas, the border cells' flow applies.
+    border = np.zeros_like(forward)
+    border[0, :, 0] = [1.0, 0.0]  # left column: one cell right
+    border[0, :, 1] = [0.0, -2.0]  # right column: two cells up
+    source = np.array([[[-20.0, 7.5], [31.0, 40.0]]], np.float32)
+    target = np.array([[[-4.0, 7.5], [31.0, 8.0]]], np.float32)
+    np.testing.assert_allclose(annotate.round_trip_error(target, source, border, 32), 0.0)
 
 
 def test_consistency_radius_removes_cells_whose_round_trip_fails():

@@ -9,6 +9,7 @@ import pytest
 from matchme_jax.data import augment, photometric, warps
 from matchme_jax.data.augment import AugmentStrength
 from matchme_jax.data.strength import _PRESETS
+from matchme_jax.models import inputs
 
 SIZE = 64
 BATCH = 4
@@ -286,11 +287,11 @@ def test_photometric_reference_values():
 
 
 def test_normalize_images():
-    out = augment.normalize_images(jnp.asarray(augment.IMAGENET_MEAN).reshape(1, 1, 3))
+    out = inputs.normalize_images(jnp.asarray(inputs.IMAGENET_MEAN).reshape(1, 1, 3))
     np.testing.assert_allclose(out, 0.0, atol=1e-7)
-    one = augment.normalize_images(jnp.ones((1, 1, 3)))
+    one = inputs.normalize_images(jnp.ones((1, 1, 3)))
     np.testing.assert_allclose(
-        one[0, 0], (1.0 - np.array(augment.IMAGENET_MEAN)) / augment.IMAGENET_STD, rtol=1e-6
+        one[0, 0], (1.0 - np.array(inputs.IMAGENET_MEAN)) / inputs.IMAGENET_STD, rtol=1e-6
     )
 
 

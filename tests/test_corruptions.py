@@ -1,44 +1,47 @@
 """The SPair-C corruptions: every corruption x severity runs, reproducibly, as documented."""
 
+import sys
+
 import imagecorruptions
 import numpy as np
 import pytest
 
-from matchme_jax.data import corruptions
+from data_builders import corruption_recipe as recipe
+from matchme_jax.data.corruptions import CorruptedPairs
 
 # Under 32 px on one side (the padded path) and not square (height and width kept apart).
 SMALL = np.random.default_rng(0).integers(0, 256, (30, 41, 3), dtype=np.uint8)
 PAIR = "000001-2008_000585-2008_004704:aeroplane"
 
 
-@pytest.mark.parametrize("severity", corruptions.SEVERITIES)
-@pytest.mark.parametrize("corruption", corruptions.CORRUPTIONS)
+@pytest.mark.parametrize("severity", recipe.SEVERITIES)
+@pytest.mark.parametrize("corruption", recipe.CORRUPTIONS)
 def test_every_corruption_and_severity_is_reproducible(corruption, severity):
-    first = corruptions.corrupt(SMALL, corruption, severity, seed=7)
-    again = corruptions.corrupt(SMALL, corruption, severity, seed=7)
-    other_seed = corruptions.corrupt(SMALL, corruption, severity, seed=8)
+    first = recipe.corrupt(SMALL, corruption, severity, seed=7)
+    again = recipe.corrupt(SMALL, corruption, severity, seed=7)
+    other_seed = recipe.corrupt(SMALL, corruption, severity, seed=8)
     assert first.shape == SMALL.shape and first.dtype == np.uint8
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, SMALL)
     # Random corruptions change with the seed; the others are a fixed function of the image.
     changed = not np.array_equal(first, other_seed)
-    assert changed == (corruption in corruptions.RANDOM_CORRUPTIONS)
+    assert changed == (corruption in recipe.RANDOM_CORRUPTIONS)
 
 
-@pytest.mark.parametrize("corruption", corruptions.CORRUPTIONS)
+@pytest.mark.parametrize("corruption", recipe.CORRUPTIONS)
 def test_matches_the_documented_recipe(corruption):
     """What the README says: np.random.seed(seed), plus seed= for glass_blur/impulse_noise."""
     image = np.random.default_rng(1).integers(0, 256, (40, 48, 3), dtype=np.uint8)
     np.random.seed(123)
     kwargs = {"seed": 123} if corruption in ("glass_blur", "impulse_noise") else {}
     expected = imagecorruptions.corrupt(image, severity=2, corruption_name=corruption, **kwargs)
-    np.testing.assert_array_equal(corruptions.corrupt(image, corruption, 2, seed=123), expected)
+    np.testing.assert_array_equal(recipe.corrupt(image, corruption, 2, seed=123), expected)
 
 
 def test_global_random_state_is_left_alone():
     np.random.seed(5)
     state = np.random.get_state()
-    corruptions.corrupt(SMALL, "gaussian_noise", 3, seed=1)
+    recipe.corrupt(SMALL, "gaussian_noise", 3, seed=1)
     after = np.random.get_state()
     np.testing.assert_array_equal(state[1], after[1])
     assert state[2:] == after[2:]
@@ -47,21 +50,21 @@ def test_global_random_state_is_left_alone():
 def test_pair_seed_is_a_stable_hash():
     # The first 4 bytes of sha256(f"{pair}|gaussian_noise|3|source"), 706acbaf: fixed forever,
     # as the SPair-C images depend on it.
-    assert corruptions.pair_seed(PAIR, "gaussian_noise", 3, "source") == 0x706ACBAF
+    assert recipe.pair_seed(PAIR, "gaussian_noise", 3, "source") == 0x706ACBAF
     seeds = {
-        corruptions.pair_seed(PAIR, c, s, side)
+        recipe.pair_seed(PAIR, c, s, side)
         for c in ("fog", "snow")
         for s in (1, 2)
-        for side in corruptions.SIDES
+        for side in recipe.SIDES
     }
     assert len(seeds) == 8
 
 
 def test_corrupt_pair_seeds_each_image_from_the_pair_id():
     example = {"pair_id": PAIR.encode(), "source_image": SMALL, "target_image": SMALL, "x": 3}
-    out = corruptions.corrupt_pair(example, "shot_noise", 4)
-    expected = corruptions.corrupt(
-        SMALL, "shot_noise", 4, corruptions.pair_seed(PAIR, "shot_noise", 4, "target")
+    out = recipe.corrupt_pair(example, "shot_noise", 4)
+    expected = recipe.corrupt(
+        SMALL, "shot_noise", 4, recipe.pair_seed(PAIR, "shot_noise", 4, "target")
     )
     np.testing.assert_array_equal(out["target_image"], expected)
     assert not np.array_equal(out["source_image"], out["target_image"])
@@ -78,11 +81,18 @@ def test_corrupt_pair_seeds_each_image_from_the_pair_id():
 )
 def test_bad_names_and_severities_list_the_valid_ones(args, message):
     with pytest.raises(ValueError, match=message):
-        corruptions.corrupt(SMALL, *args, seed=0)
+        recipe.corrupt(SMALL, *args, seed=0)
     with pytest.raises(ValueError, match=message):
-        corruptions.CorruptedPairs([], *args)
+        CorruptedPairs([], *args)
 
 
 def test_bad_image_is_refused():
     with pytest.raises(ValueError, match=r"\[H, W, 3\] uint8"):
-        corruptions.corrupt(SMALL.astype(np.float32), "fog", 1, seed=0)
+        recipe.corrupt(SMALL.astype(np.float32), "fog", 1, seed=0)
+
+
+def test_missing_package_names_the_extra(monkeypatch):
+    # None in sys.modules makes `import imagecorruptions` raise ImportError, as when not installed.
+    monkeypatch.setitem(sys.modules, "imagecorruptions", None)
+    with pytest.raises(RuntimeError, match=r"'spair-c' extra: pip install -e \.\[spair-c\]"):
+        recipe.corrupt(SMALL, "fog", 1, seed=0)

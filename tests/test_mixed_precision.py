@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from test_config import load
 
-from matchme_jax.annotate_step import make_annotate_step
+from matchme_jax.annotate.step import make_annotate_step
 from matchme_jax.bench import random_batch
-from matchme_jax.models import build_model, cats
+from matchme_jax.models import build_model, common
 
 BATCH = 4
 
@@ -62,7 +62,7 @@ def test_attention_matches_a_plain_softmax_attention(dtype):
     with jax.enable_x64(dtype == "float64"):
         args = [jnp.asarray(x, dtype) for x in (q, k, v)]
         for implementation in ("auto", "xla"):
-            out = cats.dot_product_attention(*args, 8**-0.5, implementation)
+            out = common.dot_product_attention(*args, 8**-0.5, implementation)
             assert out.dtype == jnp.dtype(dtype)
             tol = {"float32": 1e-5, "bfloat16": 5e-2, "float64": 1e-12}[dtype]
             np.testing.assert_allclose(np.asarray(out, np.float64), expected, atol=tol)

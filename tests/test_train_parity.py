@@ -5,8 +5,9 @@ tests/fixtures/cats_train_steps_compact.npz comes from ../shared/fixtures/cats_t
 run from the seed-0 weights of cats_depth1_seed0_compact.npz on 4 batches, with the backbone
 fine-tuned and frozen (BatchNorm in training mode in both), in float32 and in float64. Our
 `make_update_fn` with `make_optimizer` (constant schedule, the official learning rates) runs the
-same 4 steps; the losses, train flows, probe flow after step 4, parameter updates, BatchNorm
-statistics and step-1 gradients must match within the README's tolerances (section 8.6).
+same 4 steps; the losses, train flows (`make_train_forward`, the forward the update takes its loss
+of), probe flow after step 4, parameter updates, BatchNorm statistics and step-1 gradients must
+match within the README's tolerances (section 8.6).
 
 Each variant and precision compiles the update once (ResNet-101 at batch 2, 256 px), so the
 whole file is dominated by 4 update compilations and 2 evaluation compilations.
@@ -32,7 +33,7 @@ from matchme_jax.defaults import base_config
 from matchme_jax.losses import official_valid_cells
 from matchme_jax.testing.seeded_weights import fixture_state_dict
 from matchme_jax.train.state import create_train_state, make_optimizer
-from matchme_jax.train.step import make_update_fn
+from matchme_jax.train.step import make_train_forward, make_update_fn
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TRAIN_FIXTURE = FIXTURES / "cats_train_steps_compact.npz"
@@ -208,7 +209,7 @@ def _bn_updates_per_step(update, state, args, after) -> np.ndarray:
     after it, k being the number of updates.
     """
     shifted_stats = jax.tree.map(lambda x: x + 1.0, state.batch_stats)
-    shifted, metrics = update(state.replace(batch_stats=shifted_stats), *args)
+    shifted, metrics, _ = update(state.replace(batch_stats=shifted_stats), *args)
     np.testing.assert_array_equal(np.asarray(metrics["loss"]), np.asarray(after[1]["loss"]))
     diffs = jax.tree.map(
         lambda a, b: float(np.mean(np.asarray(a, np.float64) - np.asarray(b, np.float64))),
@@ -216,6 +217,22 @@ def _bn_updates_per_step(update, state, args, after) -> np.ndarray:
         after[0].batch_stats,
     )
     return np.log(np.array(jax.tree.leaves(diffs))) / np.log(1.0 - BN_MOMENTUM)
+
+
+def _update_with_flow(model, optimizer: optax.GradientTransformation):
+    """`update(state, source, target, flow_gt, cell_weight) -> (state, metrics, flow)`, jitted.
+
+    The update of `make_update_fn`, plus the train-mode flow of `make_train_forward` on the
+    state before the step: the flow whose loss the update takes.
+    """
+    update = make_update_fn(model, optimizer, bn_train=True)
+    forward = make_train_forward(model, bn_train=True)
+
+    def update_with_flow(state, source, target, flow_gt, cell_weight):
+        flow, _ = forward(state.params, state.batch_stats, source, target)
+        return (*update(state, source, target, flow_gt, cell_weight), flow)
+
+    return jax.jit(update_with_flow)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -229,7 +246,7 @@ def _train(fixture, initial_state, variant: str, precision: str, count_bn_update
     model, variables = cats_from_torch(initial_state, freeze_backbone=frozen, dtype=precision)
     variables = jax.tree.map(lambda x: jnp.asarray(x, dtype), variables)
     optimizer = optax.chain(_record_gradients(), _parity_optimizer(frozen))
-    update = jax.jit(make_update_fn(model, optimizer, bn_train=True))
+    update = _update_with_flow(model, optimizer)
     state = initial = create_train_state(variables, optimizer)
 
     def batch(i: int):
@@ -247,9 +264,9 @@ def _train(fixture, initial_state, variant: str, precision: str, count_bn_update
             grads = cats_to_torch(model, {**variables, "params": after[0].opt_state[0]})
             if count_bn_updates:
                 updates_per_step = _bn_updates_per_step(update, state, batch(0), after)
-        state, metrics = after
+        state, metrics, flow = after
         losses.append(float(metrics["loss"]))
-        flows.append(np.asarray(metrics["flow"]))
+        flows.append(np.asarray(flow))
 
     # Evaluation does not depend on freeze_backbone: both variants share one compilation.
     probe = _eval_flow(

@@ -233,3 +233,17 @@ def test_plot_generations_refuses_results_without_generations(tmp_path):
     with pytest.raises(ValueError, match=r"no test 'pck@0.15' for generations \[1\]"):
         visualize.plot_generations(results, tmp_path / "pck.png")
     assert not (tmp_path / "pck.png").exists()
+
+
+def test_plot_tau_sweep_writes_a_png_with_gaps_where_truth_is_missing(tmp_path):
+    rows = [
+        {"tau": 0.1, "points": 40, "precision@0.1": 60.0},
+        {"tau": 0.5, "points": 12, "precision@0.1": 80.0},
+        {"tau": 0.9, "points": 0, "precision@0.1": None},  # nothing kept: no precision
+    ]
+    path = visualize.plot_tau_sweep(rows, tmp_path / "gen_1" / "tau_sweep.png")
+    assert path == tmp_path / "gen_1" / "tau_sweep.png"
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (500, 350)
+        pixels = np.asarray(image.convert("RGB"))
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10  # lines, text, not a blank page

@@ -2,7 +2,7 @@
 
 One builder config per corruption and severity, named `<corruption>_<severity>` (75 in all, e.g.
 `spair_c/fog_3`), each with a single `test` split holding the 12,234 SPair-71k test pairs with both
-images corrupted by `matchme_jax.data.corruptions.corrupt_pair`, exactly as the on-the-fly
+images corrupted by `data_builders.corruption_recipe.corrupt_pair`, exactly as the on-the-fly
 evaluation (`--config.mode=evaluate_corruptions`) corrupts them. Features are SPair-71k's; the
 images are stored as lossless PNG at their original resolution.
 
@@ -21,8 +21,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from data_builders import common
+from data_builders.corruption_recipe import CORRUPTIONS, SEVERITIES, corrupt_pair
 from data_builders.spair71k import spair71k_dataset_builder as spair71k
-from matchme_jax.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt_pair
 
 _DESCRIPTION = """\
 SPair-C: the 12,234 SPair-71k test pairs (Layout/large/test.txt) with both images corrupted by one
@@ -54,7 +54,7 @@ class SpairCConfig(tfds.core.BuilderConfig):
     """One corruption at one severity.
 
     Attributes:
-        corruption: one of `matchme_jax.data.corruptions.CORRUPTIONS`.
+        corruption: one of `data_builders.corruption_recipe.CORRUPTIONS`.
         severity: 1 to 5.
     """
 

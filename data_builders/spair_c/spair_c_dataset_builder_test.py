@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from data_builders.corruption_recipe import CORRUPTIONS, SEVERITIES
 from data_builders.spair71k import spair71k_dataset_builder as spair71k
 from data_builders.spair_c import spair_c_dataset_builder as spair_c
-from matchme_jax.data.corruptions import CORRUPTIONS, SEVERITIES, CorruptedPairs
+from matchme_jax.data.corruptions import CorruptedPairs
 
 DUMMY = pathlib.Path(spair71k.__file__).parent / "dummy_data"
 FEATURES = ("source_keypoints", "target_keypoints", "source_bbox", "target_bbox", "category")

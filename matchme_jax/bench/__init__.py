@@ -41,7 +41,7 @@ import numpy as np
 from absl import logging
 
 from matchme_jax import parallel
-from matchme_jax.annotate_step import make_annotate_step
+from matchme_jax.annotate.step import make_annotate_step
 from matchme_jax.data.augment import AugmentStrength
 from matchme_jax.models import build_model
 from matchme_jax.peaks import peak_flops

@@ -145,7 +145,7 @@ def _write(out: Path, stem: str, result: dict, names, severities) -> None:
     header = (
         f"# {stem}: PCK@{TABLE_ALPHA:g} (%) of {result['settings']['checkpoint']}\n\n"
         f"{result['settings']['num_pairs']} pairs; clean PCK@{TABLE_ALPHA:g}: {clean:.2f}. "
-        "Corruptions: matchme_jax/data/corruptions.py (README, SPair-C)."
+        "Corruptions: data_builders/corruption_recipe.py (README, SPair-C)."
     )
     if not result["complete"]:
         header += " Incomplete: rerun the same command to continue."

@@ -1,7 +1,12 @@
-"""Correspondence models. ``build_model(config.model)`` is the one entry point."""
+"""Correspondence models. ``build_model(config.model)`` is the one entry point.
+
+A model class's dataclass fields, with their defaults, are the model fields of ``config.model``;
+``config.model.name`` picks the class from ``MODEL_CLASSES``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,58 +15,46 @@ import flax.linen as nn
 from matchme_jax.models.cats import CATs
 from matchme_jax.models.catspp import CATsPP
 
-# Config fields read by CATs; other fields of config.model (backbone_weights, ...) belong to
-# the code that loads weights.
-_CATS_FIELDS = (
-    "backbone",
-    "backbone_blocks",
-    "backbone_width",
-    "hyperpixel_ids",
-    "feature_size",
-    "feature_proj_dim",
-    "depth",
-    "num_heads",
-    "mlp_ratio",
-    "beta",
-    "freeze_backbone",
-    "bn_mode",
-    "dtype",
-    "attention",
-)
-_SEQUENCE_FIELDS = ("backbone_blocks", "hyperpixel_ids")
-# Config fields read by CATs++.
-_CATSPP_FIELDS = (
-    "backbone",
-    "backbone_blocks",
-    "backbone_width",
-    "feature_size",
-    "num_heads",
-    "qk_dim",
-    "affinity_dim",
-    "mlp_ratio",
-    "affinity_dropout",
-    "beta",
-    "freeze_backbone",
-    "bn_mode",
-    "dtype",
-)
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"cats": CATs, "catspp": CATsPP}
+
+# Every flax module has these dataclass fields; they are no model settings.
+_FLAX_FIELDS = ("parent", "name")
+
+
+def model_fields(model_cls: type[nn.Module]) -> tuple[dataclasses.Field, ...]:
+    """The settings of a model class: its dataclass fields less flax's ``parent`` and ``name``."""
+    return tuple(f for f in dataclasses.fields(model_cls) if f.name not in _FLAX_FIELDS)
+
+
+def model_defaults(model_cls: type[nn.Module]) -> dict[str, Any]:
+    """Field name -> default value of every setting of ``model_cls``, in field order."""
+    return {f.name: f.default for f in model_fields(model_cls)}
+
+
+def model_kwargs(model_cls: type[nn.Module], model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor arguments of ``model_cls`` present in a model config.
+
+    Fields whose default is a tuple come back as int tuples (a config or a command line may give
+    lists); fields the class lacks (``name``, ``backbone_weights``) are left out.
+    """
+    kwargs = {}
+    for field in model_fields(model_cls):
+        if field.name in model_config:
+            value = model_config[field.name]
+            if isinstance(field.default, tuple):
+                value = tuple(int(i) for i in value)
+            kwargs[field.name] = value
+    return kwargs
 
 
 def cats_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
     """The CATs constructor arguments present in a model config (sequences as int tuples)."""
-    kwargs = {k: model_config[k] for k in _CATS_FIELDS if k in model_config}
-    for k in _SEQUENCE_FIELDS:
-        if k in kwargs:
-            kwargs[k] = tuple(int(i) for i in kwargs[k])
-    return kwargs
+    return model_kwargs(CATs, model_config)
 
 
 def catspp_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The CATsPP constructor arguments present in a model config."""
-    kwargs = {k: model_config[k] for k in _CATSPP_FIELDS if k in model_config}
-    if "backbone_blocks" in kwargs:
-        kwargs["backbone_blocks"] = tuple(int(i) for i in kwargs["backbone_blocks"])
-    return kwargs
+    """The CATsPP constructor arguments present in a model config (sequences as int tuples)."""
+    return model_kwargs(CATsPP, model_config)
 
 
 def build_model(model_config: Mapping[str, Any]) -> nn.Module:
@@ -76,13 +69,23 @@ def build_model(model_config: Mapping[str, Any]) -> nn.Module:
         flow [B, h, w, 2].
     """
     name = model_config.get("name", None)
-    if name == "cats":
-        return CATs(**cats_kwargs(model_config))
-    if name == "catspp":
-        return CATsPP(**catspp_kwargs(model_config))
-    raise ValueError(
-        f"unknown model name {name!r} in config.model.name; available: 'cats', 'catspp'"
-    )
+    if name not in MODEL_CLASSES:
+        available = ", ".join(repr(n) for n in MODEL_CLASSES)
+        raise ValueError(
+            f"unknown model name {name!r} in config.model.name; available: {available}"
+        )
+    model_cls = MODEL_CLASSES[name]
+    return model_cls(**model_kwargs(model_cls, model_config))
 
 
-__all__ = ["CATs", "CATsPP", "build_model", "catspp_kwargs", "cats_kwargs"]
+__all__ = [
+    "MODEL_CLASSES",
+    "CATs",
+    "CATsPP",
+    "build_model",
+    "catspp_kwargs",
+    "cats_kwargs",
+    "model_defaults",
+    "model_fields",
+    "model_kwargs",
+]

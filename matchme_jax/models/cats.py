@@ -19,80 +19,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from matchme_jax.models import correlation, resnet
+from matchme_jax.models.common import (
+    ATTENTION_IMPLEMENTATIONS,
+    BACKBONES,
+    BN_MODES,
+    DTYPES,
+    check_images,
+    dot_product_attention,
+    linspace_init,
+    soft_argmax_flow,
+    trunc_normal_init,
+)
 from matchme_jax.models.resnet import ResNet, tap_channels
 
-BACKBONES = ("resnet101", "resnet50", "custom")
-BN_MODES = ("official", "frozen")
-DTYPES = ("float32", "float64", "bfloat16", "float16")
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 LAYER_NORM_EPS = 1e-6
-
-# timm's trunc_normal_(std=.02) cuts at +-2 absolute, i.e. +-100 std: in effect a plain normal.
-_head_init = nn.initializers.normal(stddev=0.02)
-
-
-def dot_product_attention(
-    query: jnp.ndarray,
-    key: jnp.ndarray,
-    value: jnp.ndarray,
-    scale: float,
-    implementation: str = "auto",
-) -> jnp.ndarray:
-    """softmax(q k^T * scale) v through ``jax.nn.dot_product_attention``.
-
-    ``implementation``: "xla", "cudnn" (cuDNN's fused kernel: GPU, float16/bfloat16 only), or
-    "auto": cuDNN where those hold and it accepts the shapes, XLA otherwise (in jax <= 0.11,
-    ``implementation=None`` always means XLA). float64 runs a plain einsum attention instead,
-    because ``jax.nn.dot_product_attention`` runs its softmax in float32, which would cap a
-    float64 parity run at float32 accuracy; so do value heads wider or narrower than the query
-    heads (CATs++), which ``jax.nn`` refuses.
-
-    Args:
-        query: [B, N, H, D].
-        key: [B, M, H, D].
-        value: [B, M, H, Dv].
-        scale: logit scale (1 / sqrt(D) in ViT attention).
-        implementation: one of ``ATTENTION_IMPLEMENTATIONS``.
-
-    Returns:
-        [B, N, H, Dv].
-    """
-    if query.dtype == jnp.float64 or value.shape[-1] != query.shape[-1]:
-        return _einsum_attention(query, key, value, scale)
-    if implementation == "auto":
-        if not _cudnn_may_apply(query.dtype):
-            return jax.nn.dot_product_attention(query, key, value, scale=scale)
-        try:
-            return jax.nn.dot_product_attention(
-                query, key, value, scale=scale, implementation="cudnn"
-            )
-        # cuDNN refuses some shapes and versions while tracing; XLA takes any.
-        except (NotImplementedError, RuntimeError, ValueError):
-            return jax.nn.dot_product_attention(query, key, value, scale=scale)
-    return jax.nn.dot_product_attention(
-        query, key, value, scale=scale, implementation=implementation
-    )
-
-
-def _cudnn_may_apply(dtype: jnp.dtype) -> bool:
-    return jax.default_backend() == "gpu" and dtype in (jnp.bfloat16, jnp.float16)
-
-
-def _einsum_attention(
-    query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, scale: float
-) -> jnp.ndarray:
-    """The math of ``dot_product_attention``, softmax in float32 or the inputs' wider precision.
-
-    Args:
-        query: [B, N, H, D]; key: [B, M, H, D]; value: [B, M, H, Dv].
-
-    Returns:
-        [B, N, H, Dv].
-    """
-    logits_dtype = jnp.promote_types(query.dtype, jnp.float32)
-    logits = jnp.einsum("bnhd,bmhd->bhnm", query, key).astype(logits_dtype) * scale
-    probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-    return jnp.einsum("bhnm,bmhd->bnhd", probs, value)
 
 
 def resize_bilinear_align_corners(x: jnp.ndarray, size: int) -> jnp.ndarray:
@@ -136,7 +76,7 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """[..., E] -> [..., E]."""
-        dense = dict(kernel_init=_head_init, dtype=self.dtype)
+        dense = dict(kernel_init=trunc_normal_init, dtype=self.dtype)
         y = nn.Dense(self.hidden, name="fc1", **dense)(x)
         y = nn.gelu(y, approximate=False)
         return nn.Dense(x.shape[-1], name="fc2", **dense)(y)
@@ -154,7 +94,7 @@ class Attention(nn.Module):
         """[B, N, E] -> [B, N, E]."""
         b, n, e = x.shape
         head_dim = e // self.num_heads
-        dense = dict(kernel_init=_head_init, dtype=self.dtype)
+        dense = dict(kernel_init=trunc_normal_init, dtype=self.dtype)
         qkv = nn.Dense(3 * e, name="qkv", **dense)(x)
         q, k, v = einops.rearrange(
             qkv, "b n (three h d) -> three b n h d", three=3, h=self.num_heads
@@ -237,7 +177,9 @@ class TransformerAggregator(nn.Module):
             )
             for i in range(self.depth)
         ]
-        proj = nn.Dense(self.feature_size**2, kernel_init=_head_init, dtype=self.dtype, name="proj")
+        proj = nn.Dense(
+            self.feature_size**2, kernel_init=trunc_normal_init, dtype=self.dtype, name="proj"
+        )
 
         def aggregate(tokens: jnp.ndarray) -> jnp.ndarray:
             for block in blocks:
@@ -255,8 +197,9 @@ class TransformerAggregator(nn.Module):
     def _positional_embedding(self) -> jnp.ndarray:
         """[L, h * w, E]: dims [0, E/2) embed the token's x, dims [E/2, E) its y, per level."""
         n, half = self.feature_size, self.embed_dim // 2
-        pos_x = self.param("pos_embed_x", _head_init, (self.num_levels, n, half), jnp.float32)
-        pos_y = self.param("pos_embed_y", _head_init, (self.num_levels, n, half), jnp.float32)
+        shape = (self.num_levels, n, half)
+        pos_x = self.param("pos_embed_x", trunc_normal_init, shape, jnp.float32)
+        pos_y = self.param("pos_embed_y", trunc_normal_init, shape, jnp.float32)
         grid_x = jnp.broadcast_to(pos_x[:, None, :, :], (self.num_levels, n, n, half))
         grid_y = jnp.broadcast_to(pos_y[:, :, None, :], (self.num_levels, n, n, half))
         return jnp.concatenate([grid_x, grid_y], axis=-1).reshape(self.num_levels, n * n, -1)
@@ -269,13 +212,11 @@ def _torch_linear_bias_init(fan_in: int) -> nn.initializers.Initializer:
     )
 
 
-def _linspace_init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jnp.ndarray:
-    del key
-    return jnp.linspace(-1.0, 1.0, shape[0], dtype=dtype)
-
-
 class CATs(nn.Module):
     """The CATs correspondence network. Defaults are those of the official ``train.py``.
+
+    These fields, with these defaults, are ``config.model`` of a "cats" config
+    (``matchme_jax.defaults.cats_model``).
 
     Attributes:
         backbone: "resnet101", "resnet50" or "custom" (then ``backbone_blocks`` and
@@ -293,10 +234,11 @@ class CATs(nn.Module):
         bn_mode: "official" (batch statistics while training, running stats updated with
             PyTorch semantics) or "frozen" (always the running statistics).
         dtype: compute dtype of the backbone convolutions, the appearance projections and the
-            aggregator ("bfloat16" for mixed precision); parameters, BatchNorm statistics,
-            correlation, soft-argmax and loss stay (at least) float32.
-        attention: the aggregator's attention kernel, one of ``ATTENTION_IMPLEMENTATIONS``
-            (see ``dot_product_attention``).
+            aggregator: "float32", "bfloat16" for mixed precision (parameters, optimizer state,
+            BatchNorm statistics, correlation, soft-argmax and loss stay float32), or "float64"
+            for parity checks.
+        attention: the aggregator's attention kernel: "auto" (cuDNN on GPU in bfloat16 or
+            float16, else XLA), "xla" or "cudnn" (see ``common.dot_product_attention``).
     """
 
     backbone: str = "resnet101"
@@ -357,8 +299,8 @@ class CATs(nn.Module):
             attention=self.attention,
         )
         grid = (self.feature_size,)
-        self.x_normal = self.param("x_normal", _linspace_init, grid, jnp.float32)
-        self.y_normal = self.param("y_normal", _linspace_init, grid, jnp.float32)
+        self.x_normal = self.param("x_normal", linspace_init, grid, jnp.float32)
+        self.y_normal = self.param("y_normal", linspace_init, grid, jnp.float32)
 
     def __call__(
         self, source: jnp.ndarray, target: jnp.ndarray, train: bool = False
@@ -399,8 +341,8 @@ class CATs(nn.Module):
     def _refined_correlation(
         self, source: jnp.ndarray, target: jnp.ndarray, train: bool
     ) -> jnp.ndarray:
-        _check_images(source, "source")
-        _check_images(target, "target")
+        check_images(source, "source")
+        check_images(target, "target")
         source_feats, target_feats = self._hyperpixel_pair(source, target, train)
         self.sow("intermediates", "source_feats", tuple(source_feats))
 
@@ -450,15 +392,7 @@ class CATs(nn.Module):
         return taps
 
     def _flow(self, refined: jnp.ndarray) -> jnp.ndarray:
-        n = self.feature_size
-        grid_x, grid_y = correlation.soft_argmax(
-            refined,
-            self.x_normal.astype(refined.dtype),
-            self.y_normal.astype(refined.dtype),
-            self.beta,
-            target_hw=(n, n),
-        )
-        return correlation.grid_to_flow(grid_x, grid_y)
+        return soft_argmax_flow(refined, self.x_normal, self.y_normal, self.beta, self.feature_size)
 
 
 def cats_backbone(model: CATs, name: str | None = None) -> ResNet:
@@ -470,13 +404,6 @@ def cats_backbone(model: CATs, name: str | None = None) -> ResNet:
         dtype=jnp.dtype(model.dtype),
         name=name,
     )
-
-
-def _check_images(images: jnp.ndarray, role: str) -> None:
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(
-            f"{role} images must be [B, H, W, 3] (NHWC, ImageNet-normalised); got {images.shape}"
-        )
 
 
 def validate_cats_fields(model: CATs) -> None:

@@ -28,13 +28,15 @@ import jax
 import jax.numpy as jnp
 
 from matchme_jax.models import correlation, resnet
-from matchme_jax.models.cats import (
+from matchme_jax.models.common import (
     BACKBONES,
     BN_MODES,
     DTYPES,
-    _check_images,
-    _linspace_init,
+    check_images,
     dot_product_attention,
+    linspace_init,
+    soft_argmax_flow,
+    trunc_normal_init,
 )
 from matchme_jax.models.conv4d import (
     TORCH_KERNEL_INIT,
@@ -53,9 +55,6 @@ CORR_EPS = 1e-5  # added to the norm, outside the square root (unlike CATs)
 LEVEL_KERNELS: tuple[Quad, Quad, Quad] = ((3, 3, 3, 3), (3, 3, 3, 3), (5, 5, 3, 3))
 LEVEL_TARGET_STRIDES = (1, 2, 4)
 LEVEL_PADDINGS: tuple[Quad, Quad, Quad] = ((1, 1, 1, 1), (1, 1, 1, 1), (2, 2, 1, 1))
-
-# timm's trunc_normal_(std=.02) cuts at +-2 absolute, i.e. +-100 std: in effect a plain normal.
-_pos_init = nn.initializers.normal(stddev=0.02)
 
 
 def unit_normalise(features: jnp.ndarray) -> jnp.ndarray:
@@ -132,7 +131,7 @@ class TransformerLayer4d(nn.Module):
             2 * self.qk_dim, kernel_init=TORCH_KERNEL_INIT, dtype=self.dtype, name="qk_linear"
         )(tokens)
         head_dim = self.qk_dim // heads
-        pos = self.param("pos_embed", _pos_init, (hs * ws, head_dim), jnp.float32)
+        pos = self.param("pos_embed", trunc_normal_init, (hs * ws, head_dim), jnp.float32)
         # The official split puts the head index INNERMOST: channel j is head j % heads.
         q, k = (
             einops.rearrange(t, "b s (d h) -> b s h d", h=heads) + pos[:, None, :].astype(t.dtype)
@@ -155,6 +154,9 @@ class TransformerLayer4d(nn.Module):
 class CATsPP(nn.Module):
     """The CATs++ correspondence network (official ``CATsImproved(backbone, freeze=False)``).
 
+    These fields, with these defaults, are ``config.model`` of a "catspp" config
+    (``matchme_jax.defaults.catspp_model``).
+
     Attributes:
         backbone: "resnet101", "resnet50" or "custom" (four stages: ``backbone_blocks``,
             ``backbone_width``).
@@ -172,7 +174,8 @@ class CATsPP(nn.Module):
         freeze_backbone: stop gradients at the backbone features.
         bn_mode: "official" (batch statistics while training) or "frozen".
         dtype: compute dtype of the backbone, the 4-D ops and the attention; parameters stay
-            float32; soft-argmax in at least float32.
+            float32; soft-argmax in at least float32. "bfloat16" holds the 4-D correlations
+            and the attention at half the bytes.
     """
 
     backbone: str = "resnet101"
@@ -242,8 +245,8 @@ class CATsPP(nn.Module):
             for j in range(3)
         ]
         grid = (self.feature_size,)
-        self.x_normal = self.param("x_normal", _linspace_init, grid, jnp.float32)
-        self.y_normal = self.param("y_normal", _linspace_init, grid, jnp.float32)
+        self.x_normal = self.param("x_normal", linspace_init, grid, jnp.float32)
+        self.y_normal = self.param("y_normal", linspace_init, grid, jnp.float32)
 
     def __call__(
         self, source: jnp.ndarray, target: jnp.ndarray, train: bool = False
@@ -285,8 +288,8 @@ class CATsPP(nn.Module):
         self, source: jnp.ndarray, target: jnp.ndarray, train: bool
     ) -> jnp.ndarray:
         """[B, S, T]: the mean over channels of the finest aggregated level."""
-        _check_images(source, "source")
-        _check_images(target, "target")
+        check_images(source, "source")
+        check_images(target, "target")
         source_taps, target_taps = self._tap_pair(source, target, train)
         self.sow("intermediates", "source_feats", tuple(source_taps))
         return self.aggregate(source_taps, target_taps, train)
@@ -391,15 +394,7 @@ class CATsPP(nn.Module):
             )
 
     def _flow(self, refined: jnp.ndarray) -> jnp.ndarray:
-        n = self.feature_size
-        grid_x, grid_y = correlation.soft_argmax(
-            refined,
-            self.x_normal.astype(refined.dtype),
-            self.y_normal.astype(refined.dtype),
-            self.beta,
-            target_hw=(n, n),
-        )
-        return correlation.grid_to_flow(grid_x, grid_y)
+        return soft_argmax_flow(refined, self.x_normal, self.y_normal, self.beta, self.feature_size)
 
 
 def _split_levels(taps: list[jnp.ndarray], stage_blocks: tuple[int, ...]) -> list[list]:

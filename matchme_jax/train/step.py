@@ -11,42 +11,58 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from matchme_jax.data.augment import AugmentStrength, augment_batch, normalize_images
+from matchme_jax.data.augment import AugmentStrength, augment_batch
 from matchme_jax.data.targets import keypoints_to_flow
 from matchme_jax.losses import sparse_epe
+from matchme_jax.models.inputs import normalize_images
 from matchme_jax.train.state import TrainState
+
+
+def make_train_forward(model, *, bn_train: bool) -> Callable:
+    """`forward(params, batch_stats, source, target, dropout_rng=None) -> (flow, batch_stats)`.
+
+    The model in training mode on ImageNet-normalised images `[B, H, W, 3]`, giving the flow
+    `[B, h, w, 2]` the loss compares. With `bn_train` the backbone BatchNorm uses batch statistics
+    and the returned `batch_stats` are the updated running statistics, as the official training
+    does (even with a frozen backbone); otherwise they come back unchanged. `dropout_rng` feeds
+    the model's dropout (CATs++'s affinity Dropout2d; CATs has none).
+    """
+
+    def forward(params, batch_stats, source, target, dropout_rng=None):
+        variables = {"params": params, "batch_stats": batch_stats}
+        rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+        if not bn_train:
+            flow = model.apply(variables, source=source, target=target, train=True, rngs=rngs)
+            return flow, batch_stats
+        flow, updated = model.apply(
+            variables,
+            source=source,
+            target=target,
+            train=True,
+            mutable=["batch_stats"],
+            rngs=rngs,
+        )
+        return flow, updated["batch_stats"]
+
+    return forward
 
 
 def make_update_fn(model, optimizer: optax.GradientTransformation, *, bn_train: bool) -> Callable:
     """`update(state, source, target, flow_gt, cell_weight, dropout_rng=None) -> (state, metrics)`.
 
-    One optimizer step on ImageNet-normalised images `[B, H, W, 3]` and a sparse flow target
-    `flow_gt: [B, h, w, 2]` with per-cell weights `[B, h, w]`. With `bn_train` the backbone
-    BatchNorm uses batch statistics and updates its running statistics, as the official
-    training does (even with a frozen backbone). `dropout_rng` feeds the model's dropout
-    (CATs++'s affinity Dropout2d; CATs has none).
+    One optimizer step on the `make_train_forward` flow of ImageNet-normalised images
+    `[B, H, W, 3]` against a sparse flow target `flow_gt: [B, h, w, 2]` with per-cell weights
+    `[B, h, w]`. `metrics`: the scalars "loss" and "grad_norm".
     """
+    forward = make_train_forward(model, bn_train=bn_train)
 
     def loss_fn(params, batch_stats, source, target, flow_gt, cell_weight, dropout_rng):
-        variables = {"params": params, "batch_stats": batch_stats}
-        rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-        if bn_train:
-            flow, updated = model.apply(
-                variables,
-                source=source,
-                target=target,
-                train=True,
-                mutable=["batch_stats"],
-                rngs=rngs,
-            )
-            batch_stats = updated["batch_stats"]
-        else:
-            flow = model.apply(variables, source=source, target=target, train=True, rngs=rngs)
-        return sparse_epe(flow, flow_gt, weight=cell_weight), (batch_stats, flow)
+        flow, batch_stats = forward(params, batch_stats, source, target, dropout_rng)
+        return sparse_epe(flow, flow_gt, weight=cell_weight), batch_stats
 
     def update(state: TrainState, source, target, flow_gt, cell_weight, dropout_rng=None):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (batch_stats, flow)), grads = grad_fn(
+        (loss, batch_stats), grads = grad_fn(
             state.params, state.batch_stats, source, target, flow_gt, cell_weight, dropout_rng
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -56,8 +72,7 @@ def make_update_fn(model, optimizer: optax.GradientTransformation, *, bn_train: 
             batch_stats=batch_stats,
             opt_state=opt_state,
         )
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "flow": flow}
-        return new_state, metrics
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return update
 
@@ -101,7 +116,6 @@ class TrainStep:
             # A stream of its own: the augmentation keeps the key it always had.
             dropout_rng=jax.random.fold_in(rng, 1),
         )
-        del metrics["flow"]
         metrics["keypoints"] = jnp.sum(mask)
         return state, metrics
 

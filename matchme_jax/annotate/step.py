@@ -1,13 +1,14 @@
-"""The machine annotator's jitted step, on its own so that it imports no input pipeline.
+"""The machine annotator's jitted step: the teacher's flow and confidence on a batch of pairs.
 
-The benchmark (`matchme_jax.bench`) times it on machines that have JAX but not grain or TFDS.
+It imports no input pipeline: the benchmark (`matchme_jax.bench`) times it on machines that have
+JAX but not grain or TFDS.
 """
 
 from collections.abc import Callable
 
 import jax
 
-from matchme_jax.data.augment import normalize_uint8
+from matchme_jax.models.inputs import normalize_uint8
 
 
 def make_annotate_step(model, *, consistency: bool = False) -> Callable:

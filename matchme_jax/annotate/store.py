@@ -1,0 +1,56 @@
+"""The annotator's files: pseudo labels with their statistics, and the tau sweep.
+
+Every file is written whole or not at all, so a run killed meanwhile never leaves a half file;
+the pseudo labels' file appears last and marks the annotation done.
+"""
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from matchme_jax import atomic, visualize
+
+PSEUDO_FILE = "pseudo_labels.npz"
+STATS_FILE = "stats.json"
+TAU_SWEEP_FILE = "tau_sweep.json"
+TAU_SWEEP_PLOT = "tau_sweep.png"
+PSEUDO_KEYS = ("index", "source_keypoints", "target_keypoints", "confidence", "mask")
+
+
+def save(directory: Path, pseudo: dict[str, np.ndarray], stats: dict) -> None:
+    """Writes the pseudo labels (`PSEUDO_KEYS`) and their statistics, the arrays last."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (PSEUDO_FILE + ".tmp.npz")  # np.savez appends .npz to other names
+    np.savez(tmp, **pseudo)
+    atomic.write_json(directory / STATS_FILE, stats)
+    os.replace(tmp, directory / PSEUDO_FILE)
+
+
+def load(directory: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """Reads what `save` wrote; a missing or damaged file gets one clear error."""
+    path = directory / PSEUDO_FILE
+    try:
+        with np.load(path) as f:
+            pseudo = {k: f[k] for k in PSEUDO_KEYS}
+        stats = json.loads((directory / STATS_FILE).read_text())
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise RuntimeError(
+            f"The pseudo labels in {directory} are missing or damaged ({e}); delete that folder "
+            "and rerun to annotate again."
+        ) from e
+    n = len(pseudo["index"])
+    if any(len(v) != n for v in pseudo.values()):
+        raise RuntimeError(
+            f"The pseudo labels in {path} are cut short; delete {directory} and rerun."
+        )
+    return pseudo, stats
+
+
+def save_tau_sweep(directory: Path, rows: list[dict]) -> None:
+    """Writes `sweep_tau`'s rows as `TAU_SWEEP_FILE` and their figure as `TAU_SWEEP_PLOT`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(directory / TAU_SWEEP_FILE, rows)
+    visualize.plot_tau_sweep(rows, directory / TAU_SWEEP_PLOT)

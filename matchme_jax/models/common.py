@@ -1,0 +1,124 @@
+"""What CATs and CATs++ share: field choices, initialisers, attention, input checks, flow head."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from matchme_jax.models import correlation
+
+BACKBONES = ("resnet101", "resnet50", "custom")
+BN_MODES = ("official", "frozen")
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+
+# timm's trunc_normal_(std=.02) cuts at +-2 absolute, i.e. +-100 std: in effect a plain normal.
+trunc_normal_init = nn.initializers.normal(stddev=0.02)
+
+
+def linspace_init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jnp.ndarray:
+    """[n] evenly spaced from -1 to 1: the soft-argmax grid coordinates (``x_normal``)."""
+    del key
+    return jnp.linspace(-1.0, 1.0, shape[0], dtype=dtype)
+
+
+def check_images(images: jnp.ndarray, role: str) -> None:
+    """Raise a ValueError naming ``role`` unless ``images`` is [B, H, W, 3]."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"{role} images must be [B, H, W, 3] (NHWC, ImageNet-normalised); got {images.shape}"
+        )
+
+
+def soft_argmax_flow(
+    refined: jnp.ndarray,
+    x_normal: jnp.ndarray,
+    y_normal: jnp.ndarray,
+    beta: float,
+    feature_size: int,
+) -> jnp.ndarray:
+    """The flow a refined correlation gives: beta-softmax over the source, soft-argmax.
+
+    Args:
+        refined: [B, S, T] with S = T = feature_size**2.
+        x_normal, y_normal: [feature_size] grid coordinates in [-1, 1].
+        beta: soft-argmax temperature.
+        feature_size: side n of the square grids.
+
+    Returns:
+        flow: [B, n, n, 2] (x, y) on the target grid pointing into the source, in cells.
+    """
+    n = feature_size
+    grid_x, grid_y = correlation.soft_argmax(
+        refined,
+        x_normal.astype(refined.dtype),
+        y_normal.astype(refined.dtype),
+        beta,
+        target_hw=(n, n),
+    )
+    return correlation.grid_to_flow(grid_x, grid_y)
+
+
+def dot_product_attention(
+    query: jnp.ndarray,
+    key: jnp.ndarray,
+    value: jnp.ndarray,
+    scale: float,
+    implementation: str = "auto",
+) -> jnp.ndarray:
+    """softmax(q k^T * scale) v through ``jax.nn.dot_product_attention``.
+
+    ``implementation``: "xla", "cudnn" (cuDNN's fused kernel: GPU, float16/bfloat16 only), or
+    "auto": cuDNN where those hold and it accepts the shapes, XLA otherwise (in jax <= 0.11,
+    ``implementation=None`` always means XLA). float64 runs a plain einsum attention instead,
+    because ``jax.nn.dot_product_attention`` runs its softmax in float32, which would cap a
+    float64 parity run at float32 accuracy; so do value heads wider or narrower than the query
+    heads (CATs++), which ``jax.nn`` refuses.
+
+    Args:
+        query: [B, N, H, D].
+        key: [B, M, H, D].
+        value: [B, M, H, Dv].
+        scale: logit scale (1 / sqrt(D) in ViT attention).
+        implementation: one of ``ATTENTION_IMPLEMENTATIONS``.
+
+    Returns:
+        [B, N, H, Dv].
+    """
+    if query.dtype == jnp.float64 or value.shape[-1] != query.shape[-1]:
+        return _einsum_attention(query, key, value, scale)
+    if implementation == "auto":
+        if not _cudnn_may_apply(query.dtype):
+            return jax.nn.dot_product_attention(query, key, value, scale=scale)
+        try:
+            return jax.nn.dot_product_attention(
+                query, key, value, scale=scale, implementation="cudnn"
+            )
+        # cuDNN refuses some shapes and versions while tracing; XLA takes any.
+        except (NotImplementedError, RuntimeError, ValueError):
+            return jax.nn.dot_product_attention(query, key, value, scale=scale)
+    return jax.nn.dot_product_attention(
+        query, key, value, scale=scale, implementation=implementation
+    )
+
+
+def _cudnn_may_apply(dtype: jnp.dtype) -> bool:
+    return jax.default_backend() == "gpu" and dtype in (jnp.bfloat16, jnp.float16)
+
+
+def _einsum_attention(
+    query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, scale: float
+) -> jnp.ndarray:
+    """The math of ``dot_product_attention``, softmax in float32 or the inputs' wider precision.
+
+    Args:
+        query: [B, N, H, D]; key: [B, M, H, D]; value: [B, M, H, Dv].
+
+    Returns:
+        [B, N, H, Dv].
+    """
+    logits_dtype = jnp.promote_types(query.dtype, jnp.float32)
+    logits = jnp.einsum("bnhd,bmhd->bhnm", query, key).astype(logits_dtype) * scale
+    probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+    return jnp.einsum("bhnm,bmhd->bnhd", probs, value)
