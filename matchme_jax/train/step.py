@@ -113,7 +113,7 @@ class TrainStep:
             normalize_images(batch["target_image"]),
             flow_gt,
             cell_weight,
-            # A stream of its own: the augmentation keeps the key it always had.
+            # Dropout draws from a stream of its own; the augmentation uses `rng` itself.
             dropout_rng=jax.random.fold_in(rng, 1),
         )
         metrics["keypoints"] = jnp.sum(mask)
