@@ -37,7 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from matchme_jax.models import build_model, cats_kwargs, catspp_kwargs
+from matchme_jax.models import (
+    CONFIG_ONLY_FIELDS,
+    build_model,
+    cats_kwargs,
+    catspp_kwargs,
+    model_fields,
+)
 from matchme_jax.models.cats import CATs, MultiscaleBlock, cats_backbone
 from matchme_jax.models.catspp import CATsPP, catspp_backbone
 from matchme_jax.models.resnet import RESNET_STAGE_BLOCKS, ResNet
@@ -45,7 +51,6 @@ from matchme_jax.models.resnet import RESNET_STAGE_BLOCKS, ResNet
 BACKBONE_PREFIX = "feature_extraction.backbone."
 _FC_KEYS = ("fc.weight", "fc.bias")
 # config.model fields that are not CATs fields (accepted and ignored by cats_from_torch).
-_CONFIG_ONLY_FIELDS = ("name", "backbone_weights")
 _UNUSED_HEAD_KEYS = ("decoder.norm.weight", "decoder.norm.bias")
 _MODULE_NAMES = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}
@@ -304,9 +309,7 @@ def _checked_overrides(
     given = model_overrides.get("name", name)
     if given != name:
         raise ValueError(f"{name}_from_torch builds {label}; got name={given!r}")
-    field_names = set(_CONFIG_ONLY_FIELDS) | {
-        f.name for f in dataclasses.fields(model_cls) if f.name not in ("parent", "name")
-    }
+    field_names = set(CONFIG_ONLY_FIELDS) | {f.name for f in model_fields(model_cls)}
     unknown = sorted(set(model_overrides) - field_names)
     if unknown:
         raise ValueError(f"unknown {label} fields {unknown}; known: {sorted(field_names)}")

@@ -19,6 +19,8 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {"cats": CATs, "catspp": CATsPP}
 
 # Every flax module has these dataclass fields; they are no model settings.
 _FLAX_FIELDS = ("parent", "name")
+# Fields of config.model that no model class has (see defaults.model_config).
+CONFIG_ONLY_FIELDS = ("name", "backbone_weights")
 
 
 def model_fields(model_cls: type[nn.Module]) -> tuple[dataclasses.Field, ...]:
@@ -79,6 +81,7 @@ def build_model(model_config: Mapping[str, Any]) -> nn.Module:
 
 
 __all__ = [
+    "CONFIG_ONLY_FIELDS",
     "MODEL_CLASSES",
     "CATs",
     "CATsPP",

@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 from absl import logging
 
-from matchme_jax import parallel
+from matchme_jax import atomic, parallel
 from matchme_jax.checkpoint import GenerationCheckpoints
 from matchme_jax.data import pipeline
 from matchme_jax.train.state import TrainState
@@ -95,6 +95,4 @@ def _drop_lines_after(log_path: Path, step: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:
             break
-    tmp = log_path.with_suffix(".tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(log_path)
+    atomic.write_text(log_path, "".join(kept))
