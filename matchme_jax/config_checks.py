@@ -14,6 +14,7 @@ from matchme_jax.data.unlabeled import UNLABELED_PAIRS
 from matchme_jax.evaluate import THRESHOLDS
 from matchme_jax.evaluators import TYPES as EVALUATOR_TYPES
 from matchme_jax.evaluators.corruptions import TABLE_ALPHA
+from matchme_jax.results import SUMMARY_FIELDS
 from matchme_jax.selftrain import ANNOTATORS, STUDENT_INITS
 
 MODES = ("selftrain", "train", "evaluate", "evaluate_corruptions")
@@ -120,6 +121,8 @@ def _check_evals(config: ml_collections.ConfigDict, problems: list) -> None:
     """Every evaluator: a known type, a split, known modes; SPair-C's own fields."""
     for name, ev in config.evals.items():
         field = f"config.evals.{name}"
+        if name in SUMMARY_FIELDS or name.endswith("_details"):
+            problems.append(f"{field}: the name is taken by summary.json; rename the evaluator")
         if ev.get("type") not in EVALUATOR_TYPES:
             problems.append(f"{field}.type={ev.get('type')!r}: use one of {tuple(EVALUATOR_TYPES)}")
             continue

@@ -9,6 +9,8 @@ SUMMARY_FILE = "summary.json"
 PLOT_FILE = "pck_per_generation.png"
 # The per-generation fields of results.json (the evaluators' names are added to them).
 GENERATION_FIELDS = ("generation", "role", "pseudo_labels")
+# The other fields of a generation's summary.json; no evaluator may take one of these names.
+SUMMARY_FIELDS = (*GENERATION_FIELDS, "pseudo_label_details", "train_steps", "wall_time_s")
 PSEUDO_LABEL_FIELDS = (
     "annotator",
     "pairs",
@@ -24,11 +26,6 @@ def write(path: Path, content: dict) -> None:
     """Writes `content` as JSON, whole; only the main process writes (the others agree)."""
     if parallel.is_main_process():
         atomic.write_json(path, content)
-
-
-def pck_only(result: dict) -> dict:
-    """The overall PCK values of an evaluation (`pck@<alpha>`), without the per-category ones."""
-    return {k: v for k, v in result.items() if k.startswith("pck@")}
 
 
 def public_pseudo_label_stats(stats: dict | None) -> dict | None:

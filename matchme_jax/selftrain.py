@@ -91,7 +91,7 @@ def _summary(gen_dir: Path, evals: dict, variables, g, role, stats, start, confi
             continue
         details = dict(evaluator.run(variables))
         details["settings"] = evaluator.settings
-        summary[name] = results.pck_only(details)
+        summary[name] = evaluator.headline(details)
         summary[f"{name}_details"] = details
         changed = True
     if "wall_time_s" not in summary:

@@ -47,13 +47,15 @@ def test_bad_values_are_listed_in_one_error():
     config.selftrain.annotator = "oracle"  # reads keypoints the user's folder does not have
     config.evals.test.type = "pcks"
     config.evals.validation.modes = ("evaluate", "sometimes")
+    config.evals.role = dict(type="pck", split="test", modes=("selftrain",))
     with pytest.raises(ValueError) as error:
         config_checks.validate(config)
     message = str(error.value)
     for field in (
         "selftrain.annotator='oracle': 'oracle' reads the unlabeled split's keypoints",
-        "evals.test.type='pcks': use one of ('pck', 'corruptions')",
+        "evals.test.type='pcks': use one of ('pck', 'corruptions', 'pseudo_labels')",
         "evals.validation.modes=('evaluate', 'sometimes'): modes among",
+        "evals.role: the name is taken by summary.json",
         "selftrain.tau=1.5",
         "selftrain.query='everywhere'",
         "train.steps=0",

@@ -34,6 +34,8 @@ def test_results_json_has_every_generation(tiny_run):
         assert all(0.0 <= v <= 100.0 for v in g["test"].values())
         assert g["test"]["pck@0.05"] <= g["test"]["pck@0.1"] <= g["test"]["pck@0.15"]
         assert set(g["validation"]) == set(g["test"])  # every generation is validated too
+        quality = g["annotation"]  # its pseudo labels on the validation pairs, with truth
+        assert 0.0 <= quality["precision@0.1"] <= 100.0 and quality["points"] >= 0
     for g in gens[1:]:
         stats = g["pseudo_labels"]
         assert stats["pairs"] >= 1 and stats["points"] >= stats["pairs"]
@@ -89,7 +91,8 @@ def test_evaluate_mode_tests_our_checkpoint(tiny_run, tmp_path):
     config.mode = "evaluate"
     config.init_from = str(workdir / "gen_0")
     evaluated = experiment.run(config, tmp_path)
-    assert set(evaluated) == {"test", "validation"}
+    assert set(evaluated) == {"test", "validation", "annotation"}
+    assert (tmp_path / "eval" / "pseudo_labels_validation" / "tau_sweep.json").exists()
     result = evaluated["test"]
     assert result["pck@0.1"] == results["generations"][0]["test"]["pck@0.1"]
     assert evaluated["validation"]["pck@0.1"] == results["generations"][0]["validation"]["pck@0.1"]

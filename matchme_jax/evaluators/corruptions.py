@@ -227,6 +227,15 @@ class Evaluator:
                 save(complete=False)
         yield from save(complete=True).items()
 
+    @staticmethod
+    def headline(result: dict) -> dict:
+        """What results.json shows: clean and mean corrupted PCK@0.1."""
+        key = f"pck@{TABLE_ALPHA:g}"
+        return {
+            "clean": result["clean"][key],
+            "mean_over_corruptions": result["mean_over_corruptions"],
+        }
+
     def report(self, result: dict, variables, directory: Path) -> str:
         """The corruption table (`run` has written the files already)."""
         del variables, directory

@@ -32,6 +32,11 @@ class Evaluator:
         while these are unchanged."""
         return {"type": "pck", "split": self.split, "eval": self._config.eval.to_dict()}
 
+    @staticmethod
+    def headline(result: dict) -> dict:
+        """What results.json shows: the overall PCK at each alpha."""
+        return {k: v for k, v in result.items() if k.startswith("pck@")}
+
     def run(self, variables):
         """Yields `(metric, value)`: `pck@<alpha>`, `per_category@<alpha>`, ..., `num_pairs`."""
         config = self._config
