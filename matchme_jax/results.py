@@ -35,25 +35,22 @@ def public_pseudo_label_stats(stats: dict | None) -> dict | None:
     return {k: stats[k] for k in PSEUDO_LABEL_FIELDS if k in stats}
 
 
+def _cell(value, width: int, digits: int = 2) -> str:
+    return f"{'-' if value is None else f'{value:.{digits}f}':>{width}}"
+
+
 def format_table(results: dict) -> str:
-    """The per-generation table printed at the end of a run."""
-    has_validation = any("validation" in r for r in results["generations"])
-    val_header = "  val PCK@0.1" if has_validation else ""
+    """The per-generation table printed at the end of a run ('-' where a value is missing)."""
     lines = [
-        "gen  role     PCK@0.05  PCK@0.1  PCK@0.15"
-        + val_header
-        + "  pseudo pairs  pseudo points  precision@0.1",
+        "gen  role     PCK@0.05  PCK@0.1  PCK@0.15  val PCK@0.1  pseudo pairs  pseudo points  "
+        "precision@0.1"
     ]
     for r in results["generations"]:
-        t, p = r["test"], r["pseudo_labels"] or {}
-        precision = p.get("precision@0.1")
-        val = ""
-        if has_validation:
-            value = r.get("validation", {}).get("pck@0.1")
-            val = f"  {'-' if value is None else f'{value:.2f}':>11}"
+        t, v, p = r.get("test") or {}, r.get("validation") or {}, r["pseudo_labels"] or {}
         lines.append(
-            f"{r['generation']:>3}  {r['role']:<7}  {t['pck@0.05']:8.2f}  {t['pck@0.1']:7.2f}  "
-            f"{t['pck@0.15']:8.2f}{val}  {p.get('pairs', '-'):>12}  {p.get('points', '-'):>13}  "
-            f"{'-' if precision is None else f'{precision:.1f}':>13}"
+            f"{r['generation']:>3}  {r['role']:<7}  {_cell(t.get('pck@0.05'), 8)}  "
+            f"{_cell(t.get('pck@0.1'), 7)}  {_cell(t.get('pck@0.15'), 8)}  "
+            f"{_cell(v.get('pck@0.1'), 11)}  {p.get('pairs', '-'):>12}  "
+            f"{p.get('points', '-'):>13}  {_cell(p.get('precision@0.1'), 13, 1)}"
         )
     return "\n".join(lines)
