@@ -47,6 +47,18 @@ def test_split_sizes(builder):
     sizes = {name: split.num_examples for name, split in builder.info.splits.items()}
     assert sizes == {"train": 3, "validation": 2, "test": 2}
 
+def test_no_image_pair_is_in_two_splits(builder):
+    pairs = {
+        split: {
+            (ex["source_image_name"], ex["target_image_name"])
+            for ex in _examples(builder, split).values()
+        }
+        for split in ("train", "validation", "test")
+    }
+    assert not pairs["train"] & pairs["validation"]
+    assert not pairs["train"] & pairs["test"]
+    assert not pairs["validation"] & pairs["test"]
+
 
 def test_first_pair_values(builder):
     example = _examples(builder, "train")["000001-2008_000585-2008_004704:aeroplane"]
