@@ -3,7 +3,8 @@ r"""Runs a named study: a sweep of config overrides over seeds, then one table a
     python -m matchme_jax.study --study=configs/studies/tau.py --workdir=W
 
 A study file's `get_study()` returns a dict:
-  config:    the experiment config, as run.py's --config takes it ("configs/synthetic.py");
+  config:    the experiment config as run.py's --config takes it, relative to the repository
+             root ("configs/synthetic.py");
   overrides: {field: value} applied to every run (may be empty);
   cells:     {label: {field: value}}, the settings compared;
   seeds:     {field: values}, e.g. {"seed": (0, 1)}; every cell runs once per combination.
