@@ -152,8 +152,11 @@ def collect(study: dict, planned: list[dict], done: dict) -> dict:
     return table
 
 
-def _pm(stat: dict) -> str:
-    return "-" if stat["mean"] is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+def _pm(stat: dict, digits: int = 2) -> str:
+    """mean ± std over seeds ("-" without values)."""
+    if stat["mean"] is None:
+        return "-"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
 def markdown(table: dict) -> str:
@@ -170,7 +173,7 @@ def markdown(table: dict) -> str:
         lines.append(
             f"| {cell} | {len(entry['runs'])} | {_pm(s['test_pck@0.1'][0])} | "
             f"{_pm(s['test_pck@0.1'][last])} | {_pm(s['validation_pck@0.1'][last])} | "
-            f"{_pm(s['pseudo_points'][last])} | {_pm(s['precision@0.1'][last])} |"
+            f"{_pm(s['pseudo_points'][last], 0)} | {_pm(s['precision@0.1'][last])} |"
         )
     lines += [
         "",
@@ -182,7 +185,7 @@ def markdown(table: dict) -> str:
         for g in range(len(s["test_pck@0.1"])):
             lines.append(
                 f"| {cell} | {g} | {_pm(s['test_pck@0.1'][g])} | "
-                f"{_pm(s['validation_pck@0.1'][g])} | {_pm(s['pseudo_points'][g])} | "
+                f"{_pm(s['validation_pck@0.1'][g])} | {_pm(s['pseudo_points'][g], 0)} | "
                 f"{_pm(s['precision@0.1'][g])} |"
             )
     return "\n".join(lines)
@@ -199,6 +202,8 @@ def plot(table: dict, path: Path) -> None:
         mean = np.array([s["mean"] for s in stats])
         std = np.array([s["std"] for s in stats])
         axes.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=cell)
+    generations = max(len(e["per_generation"]["test_pck@0.1"]) for e in table["cells"].values())
+    axes.set_xticks(range(generations))
     axes.set_xlabel("generation (0 = teacher)")
     axes.set_ylabel("test PCK@0.1 (%), mean ± std over seeds")
     axes.grid(alpha=0.3)
