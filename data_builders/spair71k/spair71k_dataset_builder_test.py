@@ -47,6 +47,7 @@ def test_split_sizes(builder):
     sizes = {name: split.num_examples for name, split in builder.info.splits.items()}
     assert sizes == {"train": 3, "validation": 2, "test": 2}
 
+
 def test_no_image_pair_is_in_two_splits(builder):
     pairs = {
         split: {
