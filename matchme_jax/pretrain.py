@@ -40,7 +40,7 @@ from ml_collections import config_flags
 
 from data_builders.synthetic_correspondence import generator as gen
 from data_builders.synthetic_correspondence.pretraining_images import CATEGORIES, render_example
-from matchme_jax import convert
+from matchme_jax import atomic, convert
 from matchme_jax.models.inputs import normalize_uint8
 from matchme_jax.models.resnet import ResNet, stage_blocks, stem_width
 
@@ -232,7 +232,7 @@ def save(config: ml_collections.ConfigDict, variables: dict, summary: dict, out:
     if out.suffix != ".npz":
         raise ValueError(f"--out={str(out)!r}: write a .npz file (backbone_weights reads it).")
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, **torchvision_state_dict(config, variables))
+    atomic.write_npz(out, torchvision_state_dict(config, variables))
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     record = {
         "weights": out.name,
@@ -241,7 +241,7 @@ def save(config: ml_collections.ConfigDict, variables: dict, summary: dict, out:
         **summary,
         "config": config.to_dict(),
     }
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2, default=list) + "\n")
+    atomic.write_text(out.with_suffix(".json"), json.dumps(record, indent=2, default=list) + "\n")
     return digest
 
 

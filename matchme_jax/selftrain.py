@@ -33,13 +33,13 @@ def run(config, workdir: Path) -> dict:
     """Runs (or continues) generations 0 .. selftrain.generations; returns results.json."""
     model = build_model(config.model)
     trainer = GenerationTrainer(config, model, workdir)
-    evals = evaluators.from_config(config, model, workdir)
-    init = init_from.initial_variables(config, model)
-    labeled = sources.open_split(config.dataset, config.dataset.train_split)
-    # Compiled on first use, once for every generation.
+    # Compiled on first use, once for every generation's pseudo labels and evaluators.
     annotate_step = annotate.make_annotate_step(
         model, consistency=config.selftrain.consistency_radius is not None
     )
+    evals = evaluators.from_config(config, model, workdir, annotate_step=annotate_step)
+    init = init_from.initial_variables(config, model)
+    labeled = sources.open_split(config.dataset, config.dataset.train_split)
     generations = config.selftrain.generations if config.mode == "selftrain" else 0
     report = {"dataset": sources.full_name(config.dataset), "generations": []}
     teacher = None

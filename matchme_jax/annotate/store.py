@@ -5,7 +5,6 @@ the pseudo labels' file appears last and marks the annotation done.
 """
 
 import json
-import os
 import zipfile
 from pathlib import Path
 
@@ -23,10 +22,8 @@ PSEUDO_KEYS = ("index", "source_keypoints", "target_keypoints", "confidence", "m
 def save(directory: Path, pseudo: dict[str, np.ndarray], stats: dict) -> None:
     """Writes the pseudo labels (`PSEUDO_KEYS`) and their statistics, the arrays last."""
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (PSEUDO_FILE + ".tmp.npz")  # np.savez appends .npz to other names
-    np.savez(tmp, **pseudo)
     atomic.write_json(directory / STATS_FILE, stats)
-    os.replace(tmp, directory / PSEUDO_FILE)
+    atomic.write_npz(directory / PSEUDO_FILE, pseudo)
 
 
 def load(directory: Path) -> tuple[dict[str, np.ndarray], dict]:

@@ -160,8 +160,10 @@ def _write(out: Path, stem: str, result: dict, names, severities) -> None:
 class Evaluator:
     """The clean split and every corruption x severity of `eval_cfg`, saved cell by cell."""
 
-    def __init__(self, name: str, eval_cfg, config, *, eval_step, model, workdir: Path):
-        del model  # the shared eval step is all it runs
+    def __init__(
+        self, name: str, eval_cfg, config, *, eval_step, annotate_step, model, workdir: Path
+    ):
+        del annotate_step, model  # the shared eval step is all it runs
         self.name = name
         self.split = eval_cfg.split
         self.names, self.severities = tuple(eval_cfg.names), tuple(eval_cfg.severities)

@@ -13,8 +13,10 @@ MATCH_PICTURES = 8  # pairs drawn by `report`
 class Evaluator:
     """`evaluate.evaluate` of a model on `split` (every pair once, per category too)."""
 
-    def __init__(self, name: str, eval_cfg, config, *, eval_step, model, workdir: Path):
-        del workdir  # PCK keeps nothing between runs
+    def __init__(
+        self, name: str, eval_cfg, config, *, eval_step, annotate_step, model, workdir: Path
+    ):
+        del annotate_step, workdir  # PCK keeps nothing between runs
         self.name = name
         self.split = eval_cfg.split
         self._config = config

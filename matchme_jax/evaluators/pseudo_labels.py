@@ -10,24 +10,21 @@ tau is chosen without looking at the test pairs or the unlabeled pairs' hidden t
 import functools
 from pathlib import Path
 
-from matchme_jax import annotate
+from matchme_jax import annotate, results
 from matchme_jax.data import sources
-
-# What results.json shows of it (the rest stays in summary.json).
-HEADLINE = ("pairs", "points", "points_per_pair", "precision@0.05", "precision@0.1")
 
 
 class Evaluator:
     """`annotate.annotate_pairs` of a model on `split`, without keeping the pseudo labels."""
 
-    def __init__(self, name: str, eval_cfg, config, *, eval_step, model, workdir: Path):
-        del eval_step, workdir  # annotation has its own step; nothing is kept between runs
+    def __init__(
+        self, name: str, eval_cfg, config, *, eval_step, annotate_step, model, workdir: Path
+    ):
+        del eval_step, model, workdir  # the annotator's step is all it runs; nothing is kept
         self.name = name
         self.split = eval_cfg.split
         self._config = config
-        self._step = annotate.make_annotate_step(
-            model, consistency=config.selftrain.consistency_radius is not None
-        )
+        self._step = annotate_step
 
     @functools.cached_property
     def source(self):
@@ -56,7 +53,8 @@ class Evaluator:
 
     @staticmethod
     def headline(result: dict) -> dict:
-        return {k: result[k] for k in HEADLINE if k in result}
+        """What results.json shows: the statistics it shows of a generation's pseudo labels."""
+        return results.public_pseudo_label_stats(result)
 
     def report(self, result: dict, variables, directory: Path) -> str:
         """Writes the tau sweep (JSON and figure) under `directory`; returns a one-line summary."""
