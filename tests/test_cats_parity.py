@@ -229,6 +229,24 @@ def test_correspondence_gives_flow_confidence_and_refined_corr(tiny_outputs):
     np.testing.assert_allclose(out["confidence"], probs.max(axis=1).reshape(2, 8, 8), rtol=1e-5)
 
 
+def test_identity_aggregator_init_passes_the_filtered_correlation_through(tiny):
+    """aggregator_init="identity": the untrained refined correlation is the mean over levels of
+    the mutual-NN filtered correlation, nearest-neighbour matching of the hyperpixels."""
+    _, _, source, target = tiny
+    model = _tiny_model(aggregator_init="identity")
+    variables = model.init(jax.random.key(3), source=source, target=target)
+    assert not np.any(variables["params"]["decoder"]["proj"]["kernel"])
+    out, inter = model.apply(
+        variables,
+        source=source,
+        target=target,
+        method=CATs.correspondence,
+        mutable=["intermediates"],
+    )
+    corr_mnn = inter["intermediates"]["corr_mnn"][0]  # [B, L, S, T]
+    np.testing.assert_allclose(out["refined_corr"], corr_mnn.mean(axis=1), rtol=1e-6, atol=1e-6)
+
+
 def test_official_bn_mode_updates_running_stats_source_then_target(tiny, tiny_outputs):
     _, variables, source, target = tiny
     init = variables["batch_stats"]["backbone"]["bn1"]
@@ -299,6 +317,7 @@ def test_freeze_backbone_stops_gradients_at_the_features(tiny):
         (dict(bn_mode="train"), "bn_mode"),
         (dict(dtype="int8"), "dtype"),
         (dict(beta=0.0), "beta"),
+        (dict(aggregator_init="zeros"), "aggregator_init"),
     ],
 )
 def test_invalid_config_raises_a_clear_error(overrides, message):

@@ -1,4 +1,4 @@
-"""sparse_epe: the official EPE fixture and hand-computed cases."""
+"""sparse_epe: the official EPE fixture and hand-computed cases; cell_cross_entropy by hand."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from matchme_jax.losses import endpoint_error, official_valid_cells, sparse_epe
+from matchme_jax.losses import cell_cross_entropy, endpoint_error, official_valid_cells, sparse_epe
 
 FIXTURE = Path(__file__).parent / "fixtures" / "eval_reference.npz"
 
@@ -120,3 +120,57 @@ def test_rejects_bad_input():
         sparse_epe(flow, flow, valid=jnp.ones((1, 2, 2)))
     with pytest.raises(ValueError, match="weight"):
         sparse_epe(flow, flow, weight=jnp.ones((2, 2)))
+
+
+def _log_softmax_over_sources(corr: np.ndarray, beta: float) -> np.ndarray:
+    """[B, S, T] log of the beta-softmax over the source axis, in float64."""
+    logits = corr.astype(np.float64) / beta
+    logits -= logits.max(axis=1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+
+def test_cross_entropy_by_hand():
+    """Integer flows put the whole target on one source cell; a half-cell flow splits it in two;
+    cells without weight do not count; the result is the weighted mean over cells."""
+    rng = np.random.default_rng(0)
+    b, n, beta = 2, 3, 0.1
+    corr = rng.normal(size=(b, n * n, n * n)).astype(np.float32)
+    flow = np.zeros((b, n, n, 2), np.float32)
+    flow[0, 0, 0] = (2.0, 1.0)  # target (x 0, y 0) -> source (2, 1): cell 1 * 3 + 2 = 5
+    flow[0, 1, 2] = (-1.5, 0.0)  # target (x 2, y 1) -> source x 0.5: cells 3 and 4, half each
+    flow[1, 2, 1] = (0.0, -5.0)  # clipped onto the grid: source (1, 0), cell 1
+    weight = np.zeros((b, n, n), np.float32)
+    weight[0, 0, 0], weight[0, 1, 2], weight[1, 2, 1] = 1.0, 2.0, 0.5
+    log_prob = _log_softmax_over_sources(corr, beta)
+    expected = (
+        1.0 * -log_prob[0, 5, 0]
+        + 2.0 * -0.5 * (log_prob[0, 3, 5] + log_prob[0, 4, 5])
+        + 0.5 * -log_prob[1, 1, 7]
+    ) / 3.5
+    loss = cell_cross_entropy(jnp.asarray(corr), jnp.asarray(flow), jnp.asarray(weight), beta)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+def test_cross_entropy_is_small_for_a_confident_right_model_and_zero_without_cells():
+    n = 4
+    flow = np.zeros((1, n, n, 2), np.float32)  # every target cell matches the same source cell
+    right = np.full((1, n * n, n * n), -1.0, np.float32)
+    right[:, np.arange(n * n), np.arange(n * n)] = 1.0
+    weight = np.ones((1, n, n), np.float32)
+    assert float(cell_cross_entropy(jnp.asarray(right), jnp.asarray(flow), weight, 0.02)) < 1e-6
+    uniform = np.zeros_like(right)
+    np.testing.assert_allclose(
+        float(cell_cross_entropy(jnp.asarray(uniform), jnp.asarray(flow), weight, 0.1)),
+        np.log(n * n),
+        rtol=1e-6,
+    )
+    zero = cell_cross_entropy(jnp.asarray(right), jnp.asarray(flow), 0 * weight, 0.1)
+    grad = jax.grad(lambda c: cell_cross_entropy(c, jnp.asarray(flow), 0 * weight, 0.1))(
+        jnp.asarray(right)
+    )
+    assert float(zero) == 0.0 and not np.any(np.asarray(grad))
+
+
+def test_cross_entropy_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="refined_corr must be"):
+        cell_cross_entropy(jnp.zeros((1, 9, 4)), jnp.zeros((1, 3, 3, 2)), jnp.ones((1, 3, 3)), 0.1)

@@ -23,6 +23,8 @@ def _config(arg=None):
 
 def test_backbone_and_canvas_are_the_benchmark_configs():
     config, synthetic = _config(), defaults.load_config_file(ROOT / "configs" / "synthetic.py")
+    assert synthetic.model.backbone_weights.endswith("weights/synthetic_backbone.npz")
+    synthetic.model.backbone_weights = None  # the pretraining makes them
     assert config.model.to_dict() == synthetic.model.to_dict()
     assert config.data.image_size == synthetic.dataset.image_size
     from data_builders.synthetic_correspondence import SyntheticCorrespondence

@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seed = 0
     # The correspondence model whose backbone is pretrained (its other fields are unused here).
     config.model = defaults.load_config_file(_SYNTHETIC).model
+    config.model.backbone_weights = None  # what this pretraining makes
 
     config.data = ml_collections.ConfigDict()
     config.data.seed = 0  # pretraining seed: image i of a split is image_seed(seed, split, i)

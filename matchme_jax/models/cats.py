@@ -33,6 +33,8 @@ from matchme_jax.models.common import (
 from matchme_jax.models.resnet import ResNet, tap_channels
 
 LAYER_NORM_EPS = 1e-6
+# How the aggregator's output projection starts (`CATs.aggregator_init`).
+AGGREGATOR_INITS = ("official", "identity")
 
 
 def resize_bilinear_align_corners(x: jnp.ndarray, size: int) -> jnp.ndarray:
@@ -146,7 +148,8 @@ class TransformerAggregator(nn.Module):
     """Refines the multi-level correlation with two swapped self-attention passes.
 
     Both passes use the same blocks and output projection, and both add back the ORIGINAL
-    (filtered) correlation.
+    (filtered) correlation. With `zero_output` the output projection starts at zero, so that the
+    untrained aggregator passes the filtered correlation through unchanged.
     """
 
     num_levels: int
@@ -157,6 +160,7 @@ class TransformerAggregator(nn.Module):
     mlp_ratio: float
     dtype: jnp.dtype = jnp.float32
     attention: str = "auto"
+    zero_output: bool = False
 
     @nn.compact
     def __call__(self, corr: jnp.ndarray, source: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
@@ -178,7 +182,10 @@ class TransformerAggregator(nn.Module):
             for i in range(self.depth)
         ]
         proj = nn.Dense(
-            self.feature_size**2, kernel_init=trunc_normal_init, dtype=self.dtype, name="proj"
+            self.feature_size**2,
+            kernel_init=nn.initializers.zeros if self.zero_output else trunc_normal_init,
+            dtype=self.dtype,
+            name="proj",
         )
 
         def aggregate(tokens: jnp.ndarray) -> jnp.ndarray:
@@ -239,6 +246,11 @@ class CATs(nn.Module):
             for parity checks.
         attention: the aggregator's attention kernel: "auto" (cuDNN on GPU in bfloat16 or
             float16, else XLA), "xla" or "cudnn" (see ``common.dot_product_attention``).
+        aggregator_init: "official" (the official truncated-normal output projection) or
+            "identity" (a zero output projection: the untrained model matches each target cell
+            to the source cells by the raw hyperpixel correlation, nearest-neighbour matching of
+            the backbone features, and training starts from there). Not in the official code;
+            for a pretrained backbone trained on few pairs.
     """
 
     backbone: str = "resnet101"
@@ -255,6 +267,7 @@ class CATs(nn.Module):
     bn_mode: str = "official"
     dtype: str = "float32"
     attention: str = "auto"
+    aggregator_init: str = "official"
 
     def __post_init__(self) -> None:
         validate_cats_fields(self)
@@ -297,6 +310,7 @@ class CATs(nn.Module):
             mlp_ratio=self.mlp_ratio,
             dtype=compute,
             attention=self.attention,
+            zero_output=self.aggregator_init == "identity",
         )
         grid = (self.feature_size,)
         self.x_normal = self.param("x_normal", linspace_init, grid, jnp.float32)
@@ -445,6 +459,8 @@ def validate_cats_fields(model: CATs) -> None:
         problems.append(f"dtype={model.dtype!r}: use one of {DTYPES}")
     if model.attention not in ATTENTION_IMPLEMENTATIONS:
         problems.append(f"attention={model.attention!r}: use one of {ATTENTION_IMPLEMENTATIONS}")
+    if model.aggregator_init not in AGGREGATOR_INITS:
+        problems.append(f"aggregator_init={model.aggregator_init!r}: use one of {AGGREGATOR_INITS}")
     if problems:
         raise ValueError("invalid CATs config: " + "; ".join(problems))
 
