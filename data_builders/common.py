@@ -8,6 +8,7 @@
   `DatasetFileError` that names the file and what is wrong with it.
 * `encode_png`: uint8 pixels as PNG bytes, for builders that make or change pixels.
 * `training_images`: the distinct images of a prepared split, for drawing unlabeled pairs.
+* `remove_stale_incomplete`: deletes what interrupted preparations of a dataset left.
 """
 
 from __future__ import annotations
@@ -16,18 +17,24 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import zipfile
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
 from PIL import Image
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+# TFDS prepares a dataset in `<its dir>/incomplete.<6 random>_<version>/`, renamed into place once
+# complete; a killed preparation leaves that folder behind (gigabytes for a real benchmark).
+INCOMPLETE_FOLDER = re.compile(r"incomplete\.[A-Z0-9]{6}_\d+\.\d+\.\d+")
 
 
 class DatasetFileError(ValueError):
@@ -333,6 +340,35 @@ def training_images(
                 bbox = np.asarray(example[f"{side}_bbox"], np.float32)
                 images[(category, name)] = TrainingImage(name, category, bbox, index, side)
     return list(images.values())
+
+
+def remove_stale_incomplete(builder: tfds.core.DatasetBuilder, before: float) -> list[Path]:
+    """Deletes what interrupted preparations of `builder`'s dataset left; returns those folders.
+
+    Only TFDS's temporary folders (`INCOMPLETE_FOLDER`) beside the prepared version, and only
+    those nothing was written in since `before`, the start of the preparation that just ended:
+    one written in since may be another process's preparation under way.
+    """
+    dataset_dir = Path(os.fspath(builder.data_path)).parent
+    if not dataset_dir.is_dir():  # a remote data dir (gs://...): left to TFDS
+        return []
+    removed = []
+    for folder in sorted(dataset_dir.iterdir()):
+        if INCOMPLETE_FOLDER.fullmatch(folder.name) and folder.is_dir():
+            if _last_written(folder) < before:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    if removed:
+        logging.info("Removed what interrupted preparations left: %s", [str(f) for f in removed])
+    return removed
+
+
+def _last_written(folder: Path) -> float:
+    """The latest modification time of `folder` and everything in it; inf while it changes."""
+    try:
+        return max(p.lstat().st_mtime for p in (folder, *folder.rglob("*")))
+    except OSError:  # renamed or deleted meanwhile: someone is at work in it
+        return float("inf")
 
 
 def _text(value: bytes | str) -> str:

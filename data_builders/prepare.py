@@ -12,6 +12,7 @@ Read the result with `tfds.data_source("spair71k", split="train", data_dir=...)`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
@@ -50,11 +51,13 @@ def prepare(
         The prepared builder.
     """
     builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
+    started = time.time()
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(
             manual_dir=manual_dir, register_checksums=register_checksums
         )
     )
+    common.remove_stale_incomplete(builder, started)
     return builder
 
 

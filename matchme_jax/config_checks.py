@@ -1,12 +1,14 @@
 """Checks a config before anything runs, and that a workdir belongs to it."""
 
+import difflib
 import json
 from pathlib import Path
 
 import ml_collections
+from absl import logging
 
 from data_builders.corruption_recipe import CORRUPTIONS, SEVERITIES
-from matchme_jax import atomic
+from matchme_jax import atomic, errors
 from matchme_jax.annotate import QUERIES
 from matchme_jax.data.augment import AugmentStrength
 from matchme_jax.data.sources import NOT_SEEDED, SEEDED_DATASET
@@ -14,12 +16,19 @@ from matchme_jax.data.unlabeled import UNLABELED_PAIRS
 from matchme_jax.evaluate import THRESHOLDS
 from matchme_jax.evaluators import TYPES as EVALUATOR_TYPES
 from matchme_jax.evaluators.corruptions import TABLE_ALPHA
-from matchme_jax.results import SUMMARY_FIELDS
+from matchme_jax.models import build_model
+from matchme_jax.results import RESULTS_FILE, SUMMARY_FIELDS, SUMMARY_FILE
 from matchme_jax.selftrain import ANNOTATORS, STUDENT_INITS
+from matchme_jax.train.step import LOSSES
 
 MODES = ("selftrain", "train", "evaluate", "evaluate_corruptions")
 EVALUATION_MODES = ("evaluate", "evaluate_corruptions")
 CONFIG_FILE = "config.json"
+# What to do with a damaged one: it is the record of which config made the workdir's checkpoints.
+CONFIG_FILE_FIX = (
+    "delete it if this config made the workdir's checkpoints (the run saves it again), "
+    "else use a fresh --workdir"
+)
 # Fields that change how a run is carried out, not what it computes.
 HARMLESS_FIELDS = (
     "dataset.data_dir",
@@ -32,11 +41,16 @@ HARMLESS_FIELDS = (
     "model.attention",  # the kernel, not the math
 )
 # Evaluation settings: each generation's summary records its evaluators' settings and evaluates
-# again where they differ, so a workdir may be continued with other evaluators.
-HARMLESS_PREFIXES = ("evals.",)
+# again where they differ, so a workdir may be continued with other evaluators. And reporting.
+HARMLESS_PREFIXES = ("evals.", "logging.")
 # Fields a saved config.json may lack, with the value that means; and fields it may hold that no
 # run reads (the evaluation splits and SPair-C settings, now in `evals`).
-DEFAULT_FIELDS = {"dataset.generator_seed": 0, "selftrain.annotator": "teacher"}
+DEFAULT_FIELDS = {
+    "dataset.generator_seed": 0,
+    "selftrain.annotator": "teacher",
+    "train.loss": "epe",
+    "model.aggregator_init": "official",
+}
 UNREAD_FIELDS = ("dataset.test_split", "dataset.validation_split", "corruptions.")
 
 
@@ -60,6 +74,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
     need(0.0 <= st.tau <= 1.0, "selftrain.tau", "a confidence in [0, 1]")
     need(st.generations >= 0, "selftrain.generations", "0 or more")
+    need(tr.loss in LOSSES, "train.loss", f"one of {LOSSES}")
     need(st.query in QUERIES, "selftrain.query", f"one of {QUERIES}")
     need(st.annotator in ANNOTATORS, "selftrain.annotator", f"one of {ANNOTATORS}")
     need(
@@ -113,8 +128,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
             AugmentStrength.from_config(config.augment[role])
         except ValueError as e:
             problems.append(f"config.augment.{role}: {e}")
+    try:
+        build_model(config.model)  # the model's own checks of its fields
+    except (ValueError, TypeError) as e:
+        problems.append(f"config.model: {e}")
     if problems:
-        raise ValueError("Bad config:\n  " + "\n  ".join(problems))
+        sep = " " if len(problems) == 1 else "\n  "  # one problem on one line, several listed
+        raise errors.UserError("Bad config:" + sep + sep.join(problems))
 
 
 def _check_evals(config: ml_collections.ConfigDict, problems: list) -> None:
@@ -172,12 +192,14 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
     """Saves the config in `workdir`, or checks that the one saved there matches it.
 
     A workdir holds the checkpoints of one config; continuing it with another would mix
-    generations trained under different settings.
+    generations trained under different settings. One that holds nothing computed yet (no
+    checkpoint, pseudo labels, summary or results: a run that failed before its first checkpoint,
+    e.g. on a wrong weights path) is fresh: its config.json is replaced by this one.
     """
     path = workdir / CONFIG_FILE
     current = json.loads(config.to_json())
     if path.exists():
-        saved = {**DEFAULT_FIELDS, **_flatten(json.loads(path.read_text()))}
+        saved = {**DEFAULT_FIELDS, **_flatten(atomic.read_json(path, fix=CONFIG_FILE_FIX))}
         saved = {k: v for k, v in saved.items() if not k.startswith(UNREAD_FIELDS)}
         now = _flatten(current)
         differ = sorted(
@@ -187,9 +209,18 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
             and not k.startswith(HARMLESS_PREFIXES)
             and saved.get(k) != now.get(k)
         )
-        if differ:
+        if differ and not computed_files(workdir):
+            logging.info(
+                "%s holds nothing computed yet; its %s of an earlier try is replaced by this "
+                "run's (%s differ).",
+                workdir,
+                CONFIG_FILE,
+                ", ".join(differ[:8]),
+            )
+            atomic.write_json(path, current)
+        elif differ:
             listed = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in differ[:8])
-            raise ValueError(
+            raise errors.UserError(
                 f"The workdir {workdir} holds a run of a different config ({listed}). "
                 "Use a fresh --workdir, or the config that made it."
             )
@@ -197,5 +228,86 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
         atomic.write_json(path, current)
 
 
+def computed_files(workdir: Path) -> list[Path]:
+    """What a run of the workdir's config computed: its results, each generation's summary,
+    pseudo labels and checkpoint steps (not the temporary folder of a save cut short)."""
+    workdir = Path(workdir)
+    found = [workdir / RESULTS_FILE] if (workdir / RESULTS_FILE).exists() else []
+    for gen_dir in sorted(workdir.glob("gen_*")):
+        found += [gen_dir / SUMMARY_FILE] if (gen_dir / SUMMARY_FILE).exists() else []
+        found += list(gen_dir.glob("pseudo/*.npz"))
+        found += [p for p in gen_dir.glob("checkpoints/*") if p.name.isdigit()]
+    return found
+
+
 def _is_folder(path: str | None) -> bool:
     return bool(path) and Path(path).expanduser().is_dir()
+
+
+def check_workdir_path(workdir: str | Path) -> None:
+    """Raises a UserError when `workdir` cannot be a folder: it, or a folder above it, is a file."""
+    path = Path(workdir)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise errors.UserError(
+                    f"--workdir={workdir}: {folder} is a file, not a folder; give a new folder, "
+                    "or the workdir of an earlier run of this config."
+                )
+            return
+
+
+def unknown_field(config: ml_collections.ConfigDict, field: str) -> str | None:
+    """Why `--config.<field>=...` cannot set a field of `config`, naming the closest ones; None
+    when `config` has it (or the path holds an index, which config_flags alone checks)."""
+    node, walked = config, "config"
+    for part in field.split("."):
+        if "[" in part:
+            return None
+        if not isinstance(node, ml_collections.ConfigDict):
+            return f"--config.{field}: {walked} is a value ({node!r}), it has no field {part!r}"
+        if part not in node:
+            closest = _closest_fields(config, field)
+            if closest:
+                hint = "did you mean " + " or ".join(f"--config.{c}" for c in closest) + "?"
+            else:
+                names = sorted(node.keys())
+                hint = f"{walked} has {', '.join(names[:20])}{', ...' if len(names) > 20 else ''}"
+            return f"--config.{field}: the config has no field {field!r}; {hint}"
+        node, walked = node[part], f"{walked}.{part}"
+    return None
+
+
+def _closest_fields(config: ml_collections.ConfigDict, field: str) -> list[str]:
+    """At most 3 field paths of `config` the user may have meant, the first kind found: those of
+    the same last name (`tau` for `selftrain.tau`); a similar name beside it (`train.stepz`:
+    `train.steps`); a similar path; a similar last name anywhere (`tua`: `selftrain.tau`)."""
+    # Not the folders above the field (`train` for `train.stepz`): they exist.
+    names = [n for n in _field_names(config) if not field.startswith(n + ".")]
+    by_leaf = {}
+    for name in names:
+        by_leaf.setdefault(name.rpartition(".")[2], []).append(name)
+    parent, _, leaf = field.rpartition(".")
+    siblings = [n for n in names if n.rpartition(".")[0] == parent]
+    close = (
+        by_leaf.get(leaf)
+        or [f"{parent}.{c}" if parent else c for c in _similar(leaf, siblings)]
+        or difflib.get_close_matches(field, names, n=3)
+        or [name for other in difflib.get_close_matches(leaf, by_leaf) for name in by_leaf[other]]
+    )
+    return close[:3]
+
+
+def _similar(leaf: str, siblings: list[str]) -> list[str]:
+    """The last names among `siblings` (paths) that `difflib` finds close to `leaf`."""
+    return difflib.get_close_matches(leaf, [s.rpartition(".")[2] for s in siblings], n=3)
+
+
+def _field_names(node: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every field path under `node`, the nested configs' own included."""
+    names = []
+    for key, value in node.items():
+        names.append(prefix + key)
+        if isinstance(value, ml_collections.ConfigDict):
+            names += _field_names(value, f"{prefix}{key}.")
+    return names

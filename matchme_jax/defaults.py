@@ -125,6 +125,9 @@ def base_config() -> ml_collections.ConfigDict:
             # Side (pixels) of the box around each target cell whose keypoints define its flow
             # target (official KeypointToFlow: 35 px for 16-px cells).
             receptive_field=35,
+            # "epe": the official end-point error of the soft-argmax flow; "cross_entropy": of
+            # the soft-argmax distribution against the true source cell (losses.py).
+            loss="epe",
         )
     )
 
@@ -185,6 +188,10 @@ def base_config() -> ml_collections.ConfigDict:
             flow_to_keypoints="official",  # official | bilinear
         )
     )
+
+    # How a run reports, not what it computes. tensorboard: curves of the training steps and of
+    # every generation's results in W/tensorboard/ (matchme_jax/curves.py).
+    config.logging = ml_collections.ConfigDict(dict(tensorboard=True))
 
     # Evaluators (matchme_jax/evaluators): each runs in the modes it lists. In self-training
     # every generation is evaluated on the test and validation splits; `evaluate` tests

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from matchme_jax import metrics, parallel
+from matchme_jax import metrics, parallel, progress
 from matchme_jax.data import pipeline
 from matchme_jax.models.inputs import normalize_uint8
 
@@ -72,15 +72,19 @@ def evaluate(
     dataset_cfg,
     eval_cfg,
     category_names: Sequence[str],
+    *,
+    desc: str = "evaluate",
 ) -> dict:
     """PCK in percent on every pair of `source`: overall, per category, mean over categories.
 
     Each batch is split over every device (`parallel.run_on_full_batch`); `eval_cfg.batch_size`
-    is rounded up to a multiple of the device count.
+    is rounded up to a multiple of the device count. `desc` names the pass on its progress line.
     """
     accumulators = [metrics.PCKAccumulator(category_names) for _ in eval_cfg.alphas]
     batch_size = parallel.padded_batch_size(eval_cfg.batch_size)
-    for batch in pipeline.padded_batches(source, dataset_cfg, batch_size=batch_size):
+    batches = pipeline.padded_batches(source, dataset_cfg, batch_size=batch_size)
+    total = -(-len(source) // batch_size)
+    for batch in progress.track(batches, total=total, desc=desc, unit="batches"):
         per_pair = parallel.run_on_full_batch(eval_step, variables, pipeline.device_batch(batch))
         for acc, pck in zip(accumulators, per_pair, strict=True):
             acc.update(pck, batch["valid"], batch["category"])

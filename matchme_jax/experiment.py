@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 from absl import logging
 
-from matchme_jax import config_checks, evaluators, init_from, parallel, selftrain
+from matchme_jax import config_checks, evaluators, init_from, parallel, selftrain, workdir_lock
 from matchme_jax.data import sources
 from matchme_jax.models import build_model
 
@@ -19,18 +19,23 @@ def run(config, workdir: str | Path) -> dict:
     """Checks the config, prepares the devices and the workdir, and runs `config.mode`.
 
     Returns results.json's content (selftrain, train) or {evaluator name: its result}.
+    Raises workdir_lock.WorkdirBusyError at once when another run uses the workdir.
     """
     config_checks.validate(config)
     parallel.initialize_distributed(config.distributed)
     parallel.enable_compilation_cache(config.compilation_cache_dir)
     workdir = Path(workdir)
+    config_checks.check_workdir_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    logging.info("Devices: %s", jax.devices())
-    if config.mode in config_checks.EVALUATION_MODES:
-        return evaluate_checkpoint(config, workdir)
-    if parallel.is_main_process():
-        config_checks.check_workdir(config, workdir)
-    return selftrain.run(config, workdir)
+    # One run per workdir (W/run.lock), held by process 0 for the processes of a multi-process
+    # run; before check_workdir, which writes config.json.
+    with workdir_lock.held(workdir, enabled=parallel.is_main_process()):
+        logging.info("Devices: %s", jax.devices())
+        if config.mode in config_checks.EVALUATION_MODES:
+            return evaluate_checkpoint(config, workdir)
+        if parallel.is_main_process():
+            config_checks.check_workdir(config, workdir)
+        return selftrain.run(config, workdir)
 
 
 def evaluate_checkpoint(config, workdir: Path) -> dict:

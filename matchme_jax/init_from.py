@@ -8,7 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from matchme_jax import parallel
+from matchme_jax import checkpoint, errors, parallel
+
+# How much of a converter's mismatch list (hundreds of keys for a file of another model) an error
+# quotes.
+MISMATCH_CHARS = 600
 
 
 def _from_our_checkpoint(path: Path) -> dict:
@@ -17,23 +21,56 @@ def _from_our_checkpoint(path: Path) -> dict:
     manager = ocp.CheckpointManager(directory)
     step = manager.latest_step()
     if step is None:
-        raise FileNotFoundError(
+        raise errors.MissingFileError(
             f"config.init_from={str(path)!r} holds no checkpoint; point it at a W/gen_<g> folder "
             "of an earlier run, or at an official CATs .pth/.npz/.safetensors file."
         )
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    step_dir = directory / str(step)
+    errors.drop_aborted_read_errors()  # before: the first arrive while the restore fails
+    try:
+        # The checksums saved with the step: Orbax would restore a flipped byte as other weights.
+        checkpoint.verify_step(step_dir)
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    except Exception as e:  # Orbax and TensorStore raise many types, each with a page of detail
+        raise errors.UserError(
+            f"config.init_from={str(path)!r}: its checkpoint {step_dir} cannot be read, it is "
+            f"damaged or cut short ({errors.gist(e)}); delete that step folder to start from the "
+            "step before, or point config.init_from at another W/gen_<g> folder."
+        ) from e
     state = restored["state"]
     return {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
+
+
+def _read_weights(field: str, path: Path) -> dict:
+    """`convert.load_state_dict_file(path)`, its errors naming the config field that gave it."""
+    from matchme_jax import convert
+
+    try:
+        return convert.load_state_dict_file(path)
+    except errors.UserError as e:
+        raise type(e)(f"config.{field}: {e}") from e
+
+
+def _mismatch(field: str, path: Path, error: ValueError) -> errors.UserError:
+    """A converter's refusal of a readable file of other weights, as one line."""
+    return errors.UserError(
+        f"config.{field}={str(path)!r} does not fit config.model "
+        f"({errors.gist(error, MISMATCH_CHARS)}); give weights of this model, or the config that "
+        "matches them."
+    )
 
 
 def _from_official(path: Path, config) -> dict:
     from matchme_jax import convert
 
-    state_dict = convert.load_state_dict_file(path)
+    state_dict = _read_weights("init_from", path)
     from_torch = (
         convert.catspp_from_torch if config.model.name == "catspp" else convert.cats_from_torch
     )
-    _, variables = from_torch(state_dict, **config.model.to_dict())
+    try:
+        _, variables = from_torch(state_dict, **config.model.to_dict())
+    except ValueError as e:  # missing, unexpected or mis-shaped keys, all listed
+        raise _mismatch("init_from", path, e) from e
     return variables
 
 
@@ -41,7 +78,7 @@ def load_variables(config, like: dict) -> dict:
     """The variables at `config.init_from`, checked against the model's own (`like`)."""
     path = Path(config.init_from)
     if not path.exists():
-        raise FileNotFoundError(f"config.init_from={str(path)!r} does not exist.")
+        raise errors.MissingFileError(f"config.init_from={str(path)!r} does not exist.")
     loaded = _from_our_checkpoint(path) if path.is_dir() else _from_official(path, config)
     want = jax.tree_util.tree_flatten_with_path(like)[0]
     have = dict(jax.tree_util.tree_flatten_with_path(loaded)[0])
@@ -55,7 +92,7 @@ def load_variables(config, like: dict) -> dict:
                 f"wants {np.shape(leaf)}"
             )
     if problems:
-        raise ValueError(
+        raise errors.UserError(
             f"config.init_from={str(path)!r} does not fit config.model: "
             + "; ".join(problems[:10])
             + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else "")
@@ -69,11 +106,15 @@ def with_backbone_weights(config, variables: dict) -> dict:
 
     path = Path(config.model.backbone_weights)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise errors.MissingFileError(
             f"config.model.backbone_weights={str(path)!r} is not a file; give torchvision's "
             "ResNet weights (e.g. resnet101-5d3b4d8f.pth, or the same as .npz/.safetensors)."
         )
-    backbone = convert.backbone_from_torchvision(convert.load_state_dict_file(path), config.model)
+    state_dict = _read_weights("model.backbone_weights", path)
+    try:
+        backbone = convert.backbone_from_torchvision(state_dict, config.model)
+    except ValueError as e:  # missing or mis-shaped keys, all listed
+        raise _mismatch("model.backbone_weights", path, e) from e
     return {
         collection: {**variables[collection], "backbone": backbone[collection]}
         for collection in ("params", "batch_stats")

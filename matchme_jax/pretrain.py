@@ -21,7 +21,6 @@ as the correspondence pipeline normalises its images.
 from __future__ import annotations
 
 import hashlib
-import json
 import shlex
 import sys
 import time
@@ -241,7 +240,8 @@ def save(config: ml_collections.ConfigDict, variables: dict, summary: dict, out:
         **summary,
         "config": config.to_dict(),
     }
-    atomic.write_text(out.with_suffix(".json"), json.dumps(record, indent=2, default=list) + "\n")
+    text = atomic.to_json(record, indent=2, default=list) + "\n"
+    atomic.write_text(out.with_suffix(".json"), text)
     return digest
 
 

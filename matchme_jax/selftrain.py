@@ -5,19 +5,30 @@ Generation g >= 1 lets teacher g-1 annotate unlabeled pairs, trains a student on
 pseudo-labeled pairs with strong augmentation, from the same initialisation and with the same
 step budget as the teacher, evaluates it, and makes it the next teacher. Each generation writes
 W/gen_<g>/ (checkpoints, pseudo labels, logs, summary.json); W/results.json collects the
-summaries. In a multi-process run every process computes everything but its shard of the
-training batches, and only process 0 writes files (Orbax coordinates the checkpoints).
+summaries, and W/tensorboard/ their curves (matchme_jax/curves.py). In a multi-process run every
+process computes everything but its shard of the training batches, and only process 0 writes
+files (Orbax coordinates the checkpoints).
 
 A finished generation is never redone: rerunning the same command continues where it stopped.
+results.json only grows: a rerun keeps the generations it has not reached yet (`results.grown`),
+so one that fails on its way leaves every earlier result in place.
 """
 
-import json
 import time
 from pathlib import Path
 
 from absl import logging
 
-from matchme_jax import annotate, evaluators, init_from, parallel, results, visualize
+from matchme_jax import (
+    annotate,
+    atomic,
+    curves,
+    evaluators,
+    init_from,
+    parallel,
+    results,
+    visualize,
+)
 from matchme_jax.data import pipeline, sources, unlabeled
 from matchme_jax.models import build_model
 from matchme_jax.train.trainer import GenerationTrainer
@@ -31,8 +42,14 @@ STUDENT_INITS = ("same", "teacher")
 
 def run(config, workdir: Path) -> dict:
     """Runs (or continues) generations 0 .. selftrain.generations; returns results.json."""
+    directory = workdir / curves.TENSORBOARD_DIR
+    with curves.Curves(directory, enabled=config.logging.tensorboard) as board:
+        return _run(config, workdir, board)
+
+
+def _run(config, workdir: Path, board: curves.Curves) -> dict:
     model = build_model(config.model)
-    trainer = GenerationTrainer(config, model, workdir)
+    trainer = GenerationTrainer(config, model, workdir, board)
     # Compiled on first use, once for every generation's pseudo labels and evaluators.
     annotate_step = annotate.make_annotate_step(
         model, consistency=config.selftrain.consistency_radius is not None
@@ -42,6 +59,8 @@ def run(config, workdir: Path) -> dict:
     labeled = sources.open_split(config.dataset, config.dataset.train_split)
     generations = config.selftrain.generations if config.mode == "selftrain" else 0
     report = {"dataset": sources.full_name(config.dataset), "generations": []}
+    results_path = workdir / results.RESULTS_FILE
+    earlier = results.read_earlier(results_path)
     teacher = None
     for g in range(generations + 1):
         start = time.perf_counter()
@@ -56,26 +75,36 @@ def run(config, workdir: Path) -> dict:
             role, training, weights = "student", [labeled, pseudo_pairs], [fraction, 1 - fraction]
         same_init = g == 0 or config.selftrain.student_init == "same"
         variables = trainer.train(g, init if same_init else teacher, training, weights, role)
-        summary = _summary(workdir / f"gen_{g}", evals, variables, g, role, stats, start, config)
+        gen_dir = workdir / f"gen_{g}"
+        summary = _summary(gen_dir, evals, variables, g, role, stats, start, config, board)
         report["generations"].append({k: summary[k] for k in (*results.GENERATION_FIELDS, *evals)})
-        results.write(workdir / results.RESULTS_FILE, report)
+        results.write_grown(results_path, earlier, report)
         teacher = variables
-    report["train_step_compilations"] = trainer.train_step.trace_count
-    results.write(workdir / results.RESULTS_FILE, report)
+    # A rerun of finished generations traces no step: the count is that of the process that
+    # compiled the most (1 when every process compiled the step once, however often resumed).
+    report["train_step_compilations"] = max(
+        trainer.train_step.trace_count, (earlier or {}).get("train_step_compilations") or 0
+    )
+    report = results.write_grown(results_path, earlier, report)
     if parallel.is_main_process():
         visualize.plot_generations(report, workdir / results.PLOT_FILE)
         print(results.format_table(report))
     return report
 
 
-def _summary(gen_dir: Path, evals: dict, variables, g, role, stats, start, config) -> dict:
+def _summary(gen_dir: Path, evals: dict, variables, g, role, stats, start, config, board) -> dict:
     """The generation's summary.json, with every evaluator's result.
 
     A finished generation's summary is reused; an evaluator it lacks, or whose settings changed,
-    is run now and added.
+    is run now and added. What is new (the pseudo-label statistics of a new summary, the headline
+    of every evaluator run now) goes to the `generations` curves, before the summary is saved: a
+    kill in between costs a repeated point, not a missing one.
     """
     path = gen_dir / results.SUMMARY_FILE
-    summary = json.loads(path.read_text()) if path.exists() else None
+    summary = None
+    if path.exists():
+        summary = atomic.read_json(path, fix="delete it; the run evaluates that generation again")
+    new_curves = {}
     if summary is None:
         summary = {
             "generation": g,
@@ -84,6 +113,7 @@ def _summary(gen_dir: Path, evals: dict, variables, g, role, stats, start, confi
             "pseudo_label_details": stats,
             "train_steps": config.train.steps,
         }
+        new_curves["pseudo_labels"] = summary["pseudo_labels"]  # None for a teacher
     changed = False
     for name, evaluator in evals.items():
         details = summary.get(f"{name}_details")
@@ -93,9 +123,12 @@ def _summary(gen_dir: Path, evals: dict, variables, g, role, stats, start, confi
         details["settings"] = evaluator.settings
         summary[name] = evaluator.headline(details)
         summary[f"{name}_details"] = details
+        new_curves[name] = summary[name]
         changed = True
     if "wall_time_s" not in summary:
         summary["wall_time_s"] = round(time.perf_counter() - start, 1)
+    board.write(curves.GENERATIONS_RUN, g, new_curves)
+    board.flush()
     if changed or not path.exists():
         results.write(path, summary)
     return summary
@@ -122,6 +155,7 @@ def _pseudo_labels(config, workdir: Path, generation: int, annotate_step, teache
                 config.dataset,
                 st,
                 batch_size=config.eval.batch_size,
+                desc=f"gen {generation} annotate",
             )
         pseudo["index"] = subset.indices[pseudo["index"]]  # positions in the whole split
         if parallel.is_main_process():

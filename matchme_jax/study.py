@@ -17,7 +17,6 @@ cell, W/study.md the table and W/study.png the final PCK@0.1 per cell.
 
 import importlib.util
 import itertools
-import json
 import re
 import subprocess
 import sys
@@ -92,7 +91,7 @@ def finished(workdir: Path) -> dict | None:
     path = workdir / results.RESULTS_FILE
     if not path.exists():
         return None
-    content = json.loads(path.read_text())
+    content = atomic.read_json(path, fix="delete it; the study then continues that run")
     return content if "train_step_compilations" in content else None
 
 

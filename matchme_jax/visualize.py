@@ -6,10 +6,12 @@ counts it correct and in `WRONG_COLOUR` otherwise. Filled dots are the target ke
 predicted source point; a hollow ring of the same colour is the true source point, joined to the
 prediction by a thin line (the error). `save_match_pictures` runs a model's flow function on the
 first pairs of a split and writes one PNG per pair; `plot_generations` plots a results.json;
-`plot_tau_sweep` plots the annotator's tau sweep.
+`plot_tau_sweep` plots the annotator's tau sweep; `plot_correspondences` draws the matches of
+`python -m matchme_jax.match`, coloured by confidence.
 """
 
 import math
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -342,4 +344,119 @@ def plot_tau_sweep(rows: Sequence[Mapping], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
+    return path
+
+
+def plot_correspondences(
+    source_image: np.ndarray,
+    target_image: np.ndarray,
+    source_points: np.ndarray,
+    target_points: np.ndarray,
+    confidence: np.ndarray,
+    tau: float,
+    path: str | Path,
+    *,
+    height: int = 384,
+    colormap: str = "viridis",
+) -> Path:
+    """Source (left) and target (right) side by side, a line per match, as a PNG.
+
+    Every line and its end points take the match's confidence in `colormap` (0 to 1, a colour
+    bar with tau marked in red). A match at confidence >= tau (one pseudo labelling would keep)
+    is a solid line ending in dots; one below tau a thin dashed line ending in an x. Both images
+    are fitted into `height` x `height` panels whatever their sizes, the points scaled with them.
+    Written to a temporary file beside `path`, then renamed over it.
+
+    Args:
+      source_image: [Hs, Ws, 3] uint8; target_image: [Ht, Wt, 3] uint8.
+      source_points, target_points: [N, 2] (x, y) in each image's own pixels.
+      confidence: [N] in [0, 1].
+      tau: the confidence threshold.
+      path: the PNG to write, e.g. DIR/matches.png.
+      height: side of each image's square panel, in plot units (the PNG is 1000 x 560 px).
+      colormap: a matplotlib colormap name.
+
+    Returns:
+      `path`.
+    """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import Normalize
+
+    source_image, target_image = np.asarray(source_image), np.asarray(target_image)
+    _check_image("source_image", source_image)
+    _check_image("target_image", target_image)
+    source_points = np.asarray(source_points, np.float64).reshape(-1, 2)
+    target_points = np.asarray(target_points, np.float64).reshape(-1, 2)
+    confidence = np.asarray(confidence, np.float64).reshape(-1)
+    if not len(source_points) == len(target_points) == len(confidence):
+        raise ValueError(
+            "plot_correspondences: source_points, target_points and confidence must have the "
+            f"same N, got {len(source_points)}, {len(target_points)} and {len(confidence)}."
+        )
+
+    # Each image fitted into a `height` x `height` panel (its longer side `height`), centred
+    # vertically, so that a very wide or tall image stays as readable as the other one.
+    def placement(image: np.ndarray, left: float) -> tuple[float, np.ndarray]:
+        scale = height / max(image.shape[:2])
+        offset = np.array([left, (height - image.shape[0] * scale) / 2])
+        return scale, offset
+
+    source_scale, source_offset = placement(source_image, 0.0)
+    target_scale, target_offset = placement(target_image, float(height))
+    # `extent` puts pixel i at [i, i + 1) * scale: the points' convention, scaled alike.
+    start = source_points * source_scale + source_offset
+    end = target_points * target_scale + target_offset
+    width = 2.0 * height
+
+    figure = Figure(figsize=(10.0, 5.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for image, scale, (left, top) in (
+        (source_image, source_scale, source_offset),
+        (target_image, target_scale, target_offset),
+    ):
+        right, bottom = left + image.shape[1] * scale, top + image.shape[0] * scale
+        # Nearest neighbour: the pixels of a small image stay visible instead of a blur.
+        axes.imshow(image, extent=(left, right, bottom, top), interpolation="nearest")
+    axes.axvline(height, color="0.5", linewidth=1.0)
+    norm, cmap = Normalize(0.0, 1.0), colormaps[colormap]
+    kept = confidence >= tau
+    lines = np.stack([start, end], axis=1)  # [N, 2 ends, 2]
+    for chosen, style, line_width in ((~kept, "--", 1.0), (kept, "-", 1.8)):
+        collection = LineCollection(
+            lines[chosen], cmap=cmap, norm=norm, linestyles=style, linewidths=line_width
+        )
+        collection.set_array(confidence[chosen])
+        axes.add_collection(collection)
+    for points in (start, end):
+        colours = confidence[~kept]
+        axes.scatter(*points[~kept].T, c=colours, cmap=cmap, norm=norm, marker="x", s=22, zorder=3)
+        axes.scatter(
+            *points[kept].T,
+            c=confidence[kept],
+            cmap=cmap,
+            norm=norm,
+            s=18,
+            edgecolors="white",
+            linewidths=0.6,
+            zorder=3,
+        )
+    axes.set_xlim(0.0, width)
+    axes.set_ylim(height, 0.0)
+    axes.set_axis_off()
+    axes.set_title(
+        f"{len(confidence)} matches, {int(kept.sum())} with confidence >= tau = {tau:g} "
+        "(solid; dashed with an x: below tau)",
+        fontsize="medium",
+    )
+    bar = figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, fraction=0.03, pad=0.01)
+    bar.set_label("confidence (red: tau)")
+    bar.ax.axhline(tau, color="red", linewidth=2.0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    figure.savefig(tmp, format="png")
+    os.replace(tmp, path)  # whole or not at all, as matchme_jax/atomic.py writes files
     return path

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from test_config import load
 
-from matchme_jax import annotate
+from matchme_jax import annotate, errors
 from matchme_jax.models import build_model
 
 
@@ -80,7 +80,7 @@ def test_saved_pseudo_labels_round_trip_and_damage_is_reported(tmp_path):
         np.testing.assert_array_equal(loaded[key], value)
     path = tmp_path / annotate.PSEUDO_FILE
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(RuntimeError, match="missing or damaged"):
+    with pytest.raises(errors.UserError, match="missing or damaged"):
         annotate.load(tmp_path)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from matchme_jax import config_checks, defaults
+from matchme_jax import config_checks, defaults, errors, experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
@@ -41,6 +41,7 @@ def test_bad_values_are_listed_in_one_error():
     config.selftrain.tau = 1.5
     config.selftrain.query = "everywhere"
     config.train.steps = 0
+    config.train.loss = "l2"
     config.selftrain.consistency_radius = -1.0
     config.selftrain.unlabeled_pairs = "folder"
     config.selftrain.unlabeled_folder = "/no/such/folder"
@@ -59,6 +60,7 @@ def test_bad_values_are_listed_in_one_error():
         "selftrain.tau=1.5",
         "selftrain.query='everywhere'",
         "train.steps=0",
+        "train.loss='l2': one of ('epe', 'cross_entropy')",
         "selftrain.consistency_radius=-1.0",
         "selftrain.unlabeled_folder='/no/such/folder'",
     ):
@@ -90,9 +92,15 @@ def test_catspp_image_size_must_match_its_grid():
         config_checks.validate(config)
 
 
+def _computed(workdir: Path) -> None:
+    """Gives `workdir` a saved checkpoint step: it then holds a run, not just a config."""
+    (workdir / "gen_0" / "checkpoints" / "3").mkdir(parents=True)
+
+
 def test_workdir_of_another_config_is_refused(tmp_path):
     config = load("synthetic.py:tiny")
     config_checks.check_workdir(config, tmp_path)
+    _computed(tmp_path)
     config_checks.check_workdir(config, tmp_path)  # the same config continues
     config.train.log_every = 7  # harmless: how the run reports, not what it computes
     config_checks.check_workdir(config, tmp_path)
@@ -107,6 +115,7 @@ def test_workdir_of_another_generator_seed_is_refused_older_ones_are_seed_0(tmp_
     saved = json.loads((tmp_path / config_checks.CONFIG_FILE).read_text())
     del saved["dataset"]["generator_seed"]  # as written before the field existed
     (tmp_path / config_checks.CONFIG_FILE).write_text(json.dumps(saved))
+    _computed(tmp_path)
     config_checks.check_workdir(config, tmp_path)
     config.dataset.generator_seed = 3
     with pytest.raises(ValueError, match=r"dataset.generator_seed: 0 -> 3"):
@@ -117,11 +126,57 @@ def test_workdir_may_continue_with_other_evaluators(tmp_path):
     """Each summary records its evaluators' settings and evaluates again where they differ."""
     config = load("synthetic.py:tiny")
     config_checks.check_workdir(config, tmp_path)
+    _computed(tmp_path)
     config.evals.validation.split = "test"
     config_checks.check_workdir(config, tmp_path)
     config.selftrain.annotator = "oracle"
     with pytest.raises(ValueError, match=r"selftrain.annotator: 'teacher' -> 'oracle'"):
         config_checks.check_workdir(config, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "computed",
+    [
+        "gen_0/checkpoints/3/",
+        "gen_1/summary.json",
+        "gen_1/pseudo/pseudo_labels.npz",
+        "results.json",
+    ],
+)
+def test_a_workdir_holding_nothing_computed_takes_a_new_config(tmp_path, computed):
+    """A run that failed before its first checkpoint (a wrong weights path, a diverged first
+    steps) leaves config.json alone: the corrected run is not refused as another config."""
+    config = load("synthetic.py:tiny")
+    config.model.backbone_weights = "/no/such/resnet.pth"
+    config_checks.check_workdir(config, tmp_path)
+    # What a failed start (or a save cut short) leaves: no checkpoint step, no results.
+    (tmp_path / "gen_0" / "checkpoints" / "3.orbax-checkpoint-tmp-1").mkdir(parents=True)
+    (tmp_path / "gen_0" / "train_log.jsonl").write_text("")
+    config.model.backbone_weights = ""
+    config_checks.check_workdir(config, tmp_path)
+    saved = json.loads((tmp_path / config_checks.CONFIG_FILE).read_text())
+    assert saved["model"]["backbone_weights"] == ""
+    target = tmp_path / computed
+    if computed.endswith("/"):
+        target.mkdir(parents=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("{}")
+    config.train.steps = 7
+    with pytest.raises(errors.UserError, match=r"train.steps: 6 -> 7"):
+        config_checks.check_workdir(config, tmp_path)
+
+
+def test_a_run_that_failed_to_start_can_be_rerun_corrected(tmp_path, tfds_dir):
+    config = load("synthetic.py:tiny")
+    config.dataset.data_dir = tfds_dir
+    config.model.backbone_weights = str(tmp_path / "no_such_resnet.pth")
+    with pytest.raises(errors.MissingFileError, match="backbone_weights="):
+        experiment.run(config, tmp_path / "W")
+    assert (tmp_path / "W" / config_checks.CONFIG_FILE).exists()
+    assert config_checks.computed_files(tmp_path / "W") == []
+    config.model.backbone_weights = ""
+    config_checks.check_workdir(config, tmp_path / "W")  # what experiment.run checks first
 
 
 def _run_py(*args: str) -> subprocess.CompletedProcess:
@@ -137,18 +192,21 @@ def _run_py(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--config=configs/missing.py", "--workdir=/tmp/x"], "missing.py"),
+        (
+            ["--config=configs/missing.py", "--workdir=/tmp/x"],
+            "--config=configs/missing.py: there is no config file 'configs/missing.py'",
+        ),
         (
             [
                 "--config=configs/synthetic.py:tiny",
                 "--config.train.no_such_field=1",
                 "--workdir=/tmp/x",
             ],
-            "no_such_field",
+            "--config.train.no_such_field: the config has no field 'train.no_such_field'",
         ),
         (
             ["--config=configs/synthetic.py:tiny", "--config.train.steps=many", "--workdir=/tmp/x"],
-            "many",
+            "flag --config.train.steps=many: invalid literal for int()",
         ),
         (
             [
@@ -166,9 +224,25 @@ def _run_py(*args: str) -> subprocess.CompletedProcess:
             ],
             "dataset.generator_seed=-2: 0 or more",
         ),
+        (
+            ["--config=configs/synthetic.py:tiny", "--workdir=run.py"],
+            "--workdir=run.py: run.py is a file, not a folder",
+        ),
+        (
+            [
+                "--config=configs/synthetic.py:tiny",
+                "--config.model.num_heads=3",
+                "--workdir=/tmp/x",
+            ],
+            "Bad config: config.model: invalid CATs config: num_heads=3 must divide "
+            "feature_size**2 + feature_proj_dim = 32",
+        ),
     ],
 )
 def test_command_line_errors_name_the_problem(args, expected):
+    """One line, `run.py: <the field or file, and the fix>`, exit status 2, no traceback."""
     result = _run_py(*args)
-    assert result.returncode != 0
-    assert expected in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("run.py: ") and expected in last

@@ -6,6 +6,8 @@ it is killed again and again, each time at a later point, and finally run to com
   an event (a checkpoint written or still being written, an annotation batch, an evaluation
   batch, a train step), so that every phase of a generation is hit on every run of the test;
 - at moments picked from outside, as a user would, when a file of the run appears.
+Its TensorBoard curves must end up as the unbroken run's too (timings aside): what a killed try
+logged after its checkpoint is hidden, and the resumed try logs those steps again.
 The subprocesses share a persistent compilation cache: each restart then loads its compiled
 functions instead of compiling them again (about 20 s instead of 70 s on 2 cores).
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from subprocess_env import subprocess_env
+from test_curves import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
@@ -117,11 +120,16 @@ def _run(args: list[str], env: dict, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
-def _complete(workdir: Path, environment) -> list[dict]:
+def _complete(workdir: Path, environment) -> tuple[list[dict], dict]:
+    """(results.json's generations, the TensorBoard curves but the timings) of a finished run."""
     env, _, data_dir = environment
     done = _run(_command(workdir, data_dir), env)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads((workdir / "results.json").read_text())["generations"]
+    board = {
+        run.name: {tag: v for tag, v in read_scalars(run).items() if tag != "train/steps_per_s"}
+        for run in (workdir / "tensorboard").iterdir()
+    }
+    return json.loads((workdir / "results.json").read_text())["generations"], board
 
 
 def _killed_by_hook(workdir: Path, environment, kill_at: str) -> None:
@@ -154,13 +162,13 @@ def unbroken(environment, tmp_path_factory):
     return _complete(tmp_path_factory.mktemp("unbroken"), environment)
 
 
-def _chosen_kills(workdir: Path, environment) -> list[dict]:
+def _chosen_kills(workdir: Path, environment) -> tuple[list[dict], dict]:
     for kill_at in CHOSEN_KILLS:
         _killed_by_hook(workdir, environment, kill_at)
     return _complete(workdir, environment)
 
 
-def _kills_from_outside(workdir: Path, environment) -> list[dict]:
+def _kills_from_outside(workdir: Path, environment) -> tuple[list[dict], dict]:
     # Moments a user might pick: as the teacher's pseudo labels land, and a second into the
     # second student's generation.
     _killed_when_present(workdir, environment, workdir / "gen_1" / "pseudo" / "stats.json", 0.0)

@@ -16,6 +16,7 @@ import pytest
 from matchme_jax import parallel, results
 from matchme_jax.data import pipeline
 from matchme_jax.train import loop
+from matchme_jax.train.state import TrainState
 
 
 class CountingBatches:
@@ -70,14 +71,16 @@ def _train(tmp_path, monkeypatch, process: int):
 
     def step(state, batch, rng, strength):
         del rng, strength
-        total = state.total + batch["x"][0]
-        new_state = types.SimpleNamespace(step=state.step + 1, total=total)
+        total = state.params["total"] + batch["x"][0]
+        new_state = state.replace(step=state.step + 1, params={"total": total})
         return new_state, {"loss": total, "grad_norm": total}
 
     train_cfg = ml_collections.ConfigDict(dict(steps=5, log_every=2, checkpoint_every=2))
     checkpoints, host = RecordingCheckpoints(), CountingBatches()
     state = loop.train_generation(
-        state=types.SimpleNamespace(step=np.int32(0), total=np.float32(0)),
+        state=TrainState(
+            step=np.int32(0), params={"total": np.float32(0)}, batch_stats={}, opt_state=()
+        ),
         train_step=step,
         batches=host,
         strength=None,
@@ -94,7 +97,7 @@ def test_the_loop_checkpoints_the_iterator_state_of_the_last_batch_it_trained_on
     tmp_path, monkeypatch
 ):
     state, checkpoints, host = _train(tmp_path, monkeypatch, process=0)
-    assert float(state.total) == 1 + 2 + 3 + 4 + 5
+    assert float(state.params["total"]) == 1 + 2 + 3 + 4 + 5
     # The prefetcher read batch 6 ahead, but a resume after step 5 must start with batch 6.
     assert checkpoints.saved == {2: {"next_index": 2}, 4: {"next_index": 4}, 5: {"next_index": 5}}
     assert host.closed

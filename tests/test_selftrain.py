@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_config import load
+from test_curves import read_scalars
 
-from matchme_jax import convert, experiment, init_from, results
+from matchme_jax import convert, curves, errors, experiment, init_from, results
 from matchme_jax.models import build_model
+from matchme_jax.train.state import learning_rates
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +59,68 @@ def test_students_reuse_the_teachers_compiled_step(tiny_run):
     assert results["train_step_compilations"] == 1
 
 
+def test_tensorboard_holds_the_train_curves_and_every_generations_results(tiny_run):
+    config, workdir, results = tiny_run
+    board = workdir / curves.TENSORBOARD_DIR
+    assert sorted(p.name for p in board.iterdir()) == ["gen_0", "gen_1", "gen_2", "generations"]
+    rates = learning_rates(
+        config.optim, total_steps=config.train.steps, freeze_backbone=config.model.freeze_backbone
+    )
+    for g in range(3):
+        scalars = read_scalars(board / f"gen_{g}")
+        logged = [json.loads(line) for line in (workdir / f"gen_{g}" / "train_log.jsonl").open()]
+        assert [line["step"] for line in logged] == [2, 4, 6]
+        for line in logged:
+            step = line["step"]
+            for name in ("loss", "grad_norm", "steps_per_s"):
+                assert scalars[f"train/{name}"][step] == pytest.approx(line[name], rel=1e-6)
+            for group in ("head", "backbone"):
+                assert scalars[f"lr/{group}"][step] == pytest.approx(rates(step)[group], rel=1e-6)
+        assert set(scalars["train/loss"]) == {2, 4, 6}
+    per_generation = read_scalars(board / curves.GENERATIONS_RUN)
+    for r in results["generations"]:
+        g = r["generation"]
+        for evaluator in ("test", "validation"):
+            for alpha in ("0.05", "0.1", "0.15"):
+                tag = f"{evaluator}/pck_{alpha}"
+                assert per_generation[tag][g] == pytest.approx(r[evaluator][f"pck@{alpha}"])
+        precision = per_generation["annotation/precision_0.1"][g]
+        assert precision == pytest.approx(r["annotation"]["precision@0.1"])
+        for field in ("pairs", "points", "mean_confidence", "precision@0.1"):
+            tag = "pseudo_labels/" + field.replace("@", "_")
+            assert per_generation[tag].get(g) == (
+                None if g == 0 else pytest.approx(r["pseudo_labels"][field])
+            )
+
+
 def test_rerun_continues_instead_of_redoing(tiny_run):
     config, workdir, results = tiny_run
     logs = [(workdir / f"gen_{g}" / "train_log.jsonl").read_text() for g in range(3)]
+    board = workdir / curves.TENSORBOARD_DIR
+    events = {p: p.read_bytes() for p in board.rglob("*") if p.is_file()}
     again = experiment.run(config, workdir)
     assert again["generations"] == results["generations"]
-    # Nothing was trained again: no new log lines.
+    # Nothing was trained again: no new log lines, no new event files.
     assert logs == [(workdir / f"gen_{g}" / "train_log.jsonl").read_text() for g in range(3)]
+    assert events == {p: p.read_bytes() for p in board.rglob("*") if p.is_file()}
+    # The rerun traced no train step: the count stays the first run's.
+    assert again["train_step_compilations"] == 1
+    assert json.loads((workdir / "results.json").read_text())["train_step_compilations"] == 1
+
+
+@pytest.mark.parametrize("damaged", ["gen_1/pseudo/pseudo_labels.npz", "gen_1/summary.json"])
+def test_a_rerun_failing_in_a_later_generation_leaves_results_json_as_it_was(tiny_run, damaged):
+    config, workdir, _ = tiny_run
+    before = (workdir / "results.json").read_bytes()
+    path = workdir / damaged
+    kept = path.read_bytes()
+    try:
+        path.write_bytes(kept[: len(kept) // 2])
+        with pytest.raises(errors.UserError, match="damaged"):
+            experiment.run(config, workdir)
+    finally:
+        path.write_bytes(kept)
+    assert (workdir / "results.json").read_bytes() == before
 
 
 def test_the_oracle_student_learns_the_unlabeled_pairs_true_keypoints(tmp_path, tfds_dir):

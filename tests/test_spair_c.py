@@ -45,10 +45,10 @@ def _evaluated_cells(monkeypatch) -> list:
     cells = []
     evaluate_fn = corruptions.evaluate.evaluate
 
-    def recording(eval_step, variables, source, *args):
+    def recording(eval_step, variables, source, *args, **kwargs):
         corrupted = isinstance(source, CorruptedPairs)
         cells.append((source.corruption, source.severity) if corrupted else None)
-        return evaluate_fn(eval_step, variables, source, *args)
+        return evaluate_fn(eval_step, variables, source, *args, **kwargs)
 
     monkeypatch.setattr(corruptions.evaluate, "evaluate", recording)
     return cells

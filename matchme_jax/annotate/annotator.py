@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from matchme_jax import parallel
+from matchme_jax import parallel, progress
 from matchme_jax.annotate.cells import (
     candidate_cells,
     cell_correspondences,
@@ -38,6 +38,7 @@ def annotate_pairs(
     selftrain_cfg,
     *,
     batch_size: int,
+    desc: str = "annotate",
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Annotates every pair of `source`; returns (pseudo-label arrays, statistics).
 
@@ -48,6 +49,7 @@ def annotate_pairs(
     Where the examples carry the generator's dense truth, the statistics include the precision
     of the kept points at 0.05 and 0.1 of the source box's larger side. `stats["tau_sweep"]`
     is what every tau of `SWEEP_TAUS` would have kept (`sweep_tau`), from this same pass.
+    `desc` names the pass on its progress line.
     """
     image_size = dataset_cfg.image_size
     m = selftrain_cfg.max_pseudo_points
@@ -58,11 +60,12 @@ def annotate_pairs(
     # Every example's cells before thresholding, for the tau sweep.
     cells_seen = {"confidence": [], "candidates": [], "rel_error": []}
     examples = 0
-    for batch in pipeline.padded_batches(
-        source,
-        dataset_cfg,
-        batch_size=parallel.padded_batch_size(batch_size),
-        extra_keys=pipeline.TRUTH_KEYS,
+    batch_size = parallel.padded_batch_size(batch_size)
+    batches = pipeline.padded_batches(
+        source, dataset_cfg, batch_size=batch_size, extra_keys=pipeline.TRUTH_KEYS
+    )
+    for batch in progress.track(
+        batches, total=-(-len(source) // batch_size), desc=desc, unit="batches"
     ):
         out = parallel.run_on_full_batch(annotate_step, variables, pipeline.device_batch(batch))
         target_c, source_c = cell_correspondences(out["flow"], image_size)

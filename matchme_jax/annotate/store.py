@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matchme_jax import atomic, visualize
+from matchme_jax import atomic, errors, visualize
 
 PSEUDO_FILE = "pseudo_labels.npz"
 STATS_FILE = "stats.json"
@@ -34,13 +34,13 @@ def load(directory: Path) -> tuple[dict[str, np.ndarray], dict]:
             pseudo = {k: f[k] for k in PSEUDO_KEYS}
         stats = json.loads((directory / STATS_FILE).read_text())
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-        raise RuntimeError(
-            f"The pseudo labels in {directory} are missing or damaged ({e}); delete that folder "
-            "and rerun to annotate again."
+        raise errors.UserError(
+            f"The pseudo labels in {directory} are missing or damaged ({errors.gist(e)}); delete "
+            "that folder and rerun to annotate again."
         ) from e
     n = len(pseudo["index"])
     if any(len(v) != n for v in pseudo.values()):
-        raise RuntimeError(
+        raise errors.UserError(
             f"The pseudo labels in {path} are cut short; delete {directory} and rerun."
         )
     return pseudo, stats

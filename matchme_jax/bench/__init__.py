@@ -240,6 +240,7 @@ def train_row(
         model_cfg,
         config.dataset,
         receptive_field=config.train.receptive_field,
+        loss=config.train.loss,
     )
     size = config.dataset.image_size
     state = parallel.replicate(create_train_state(_init_variables(model, size), optimizer))

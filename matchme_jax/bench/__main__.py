@@ -6,6 +6,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
+from matchme_jax import atomic
 from matchme_jax.bench import BACKBONES, MODES, PRECISIONS, run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
@@ -37,7 +38,7 @@ def main(argv):
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(result: dict) -> None:
-        path.write_text(json.dumps(result, indent=1) + "\n")
+        path.write_text(atomic.to_json(result, indent=1) + "\n")
 
     result = run(
         config,

@@ -16,6 +16,8 @@ import re
 import sys
 from pathlib import Path
 
+from matchme_jax import atomic
+
 
 def card_slug(device_kind: str) -> str:
     """A file name for a device kind: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3"."""
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     merged = merge(results)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / f"{card_slug(merged['environment']['device_kind'])}{args.suffix}.json"
-    out.write_text(json.dumps(merged, indent=1) + "\n")
+    out.write_text(atomic.to_json(merged, indent=1) + "\n")
     print(f"wrote {out}\n\n{markdown_table(merged)}")
 
 

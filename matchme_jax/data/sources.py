@@ -1,6 +1,7 @@
 """Opening the prepared TFDS datasets as random-access sources (no TensorFlow needed)."""
 
 import os
+import time
 from collections.abc import Callable
 
 import tensorflow_datasets as tfds
@@ -8,11 +9,13 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 import data_builders  # noqa: F401  (registers the project's builders with TFDS)
+from data_builders import common
 from data_builders.synthetic_correspondence import SyntheticCorrespondence
 from data_builders.synthetic_correspondence.synthetic_correspondence_dataset_builder import (
     seeded_config_name,
 )
-from matchme_jax import parallel
+from matchme_jax import errors, parallel
+from matchme_jax.data import folder_copy
 
 # Builders whose data is generated on the spot: preparing them needs nothing from outside,
 # so a run prepares them on first use instead of asking the user to.
@@ -32,7 +35,7 @@ def _builder(dataset_cfg) -> tfds.core.DatasetBuilder:
     try:
         return tfds.builder(name, file_format="array_record", **kwargs)
     except tfds.core.registered.DatasetNotFoundError as e:
-        raise ValueError(
+        raise errors.UserError(
             f"config.dataset.name={dataset_cfg.name!r} (builder config "
             f"{dataset_cfg.builder_config!r}) is not a dataset this project knows; "
             "see data_builders/ for the available builders."
@@ -47,7 +50,7 @@ def _seeded_config(dataset_cfg) -> tfds.core.BuilderConfig:
     files without the builder (a ReadOnlyBuilder).
     """
     if dataset_cfg.name != SEEDED_DATASET:
-        raise ValueError(
+        raise errors.UserError(
             f"config.dataset.generator_seed={dataset_cfg.generator_seed}: {NOT_SEEDED}"
         )
     base = dataset_cfg.builder_config or SyntheticCorrespondence.DEFAULT_CONFIG_NAME
@@ -55,7 +58,7 @@ def _seeded_config(dataset_cfg) -> tfds.core.BuilderConfig:
         seeded_config_name(base, dataset_cfg.generator_seed)
     )
     if config is None:
-        raise ValueError(
+        raise errors.UserError(
             f"config.dataset.builder_config={base!r}: not a config of {SEEDED_DATASET}; use one "
             f"of {list(SyntheticCorrespondence.builder_configs)}"
         )
@@ -75,8 +78,10 @@ def _prepared(builder_fn: Callable[[], tfds.core.DatasetBuilder], manual_dir, wh
     builder = builder_fn()
     if not builder.is_prepared():
         logging.info("Preparing %s in %s", what, builder.data_dir)
+        started = time.time()
         download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
         builder.download_and_prepare(download_config=download_config)
+        common.remove_stale_incomplete(builder, started)
     if several and parallel.is_main_process():
         multihost_utils.sync_global_devices(f"prepared {what}")
     return builder
@@ -87,7 +92,7 @@ def prepare(dataset_cfg) -> tfds.core.DatasetBuilder:
     builder = _builder(dataset_cfg)
     if not builder.is_prepared() and dataset_cfg.name not in GENERATED_DATASETS:
         if not dataset_cfg.manual_dir:
-            raise FileNotFoundError(
+            raise errors.MissingFileError(
                 f"Dataset {builder.info.full_name} is not prepared in {builder.data_dir}. Prepare "
                 "it once (see the README, 'Real datasets'), or set config.dataset.manual_dir to "
                 "the folder that holds the downloaded archive."
@@ -98,17 +103,15 @@ def prepare(dataset_cfg) -> tfds.core.DatasetBuilder:
 def prepare_unlabeled_folder(folder: str, data_dir: os.PathLike) -> tfds.core.DatasetBuilder:
     """The `unlabeled_images` dataset of a user's image folder, prepared once per workdir.
 
+    Prepared again whenever the folder has changed since (`folder_copy`).
+
     Args:
         folder: `<folder>/<category>/<image>` files (config.selftrain.unlabeled_folder).
         data_dir: where this run keeps the prepared copy (inside its workdir, so that two runs
             on different folders never share one).
     """
     return _prepared(
-        lambda: tfds.builder(
-            "unlabeled_images", data_dir=os.fspath(data_dir), file_format="array_record"
-        ),
-        folder,
-        f"the unlabeled images of {folder}",
+        lambda: folder_copy.prepared(folder, data_dir), folder, f"the unlabeled images of {folder}"
     )
 
 
@@ -116,7 +119,7 @@ def open_split(dataset_cfg, split: str):
     """A random-access source (`len`, `[i]` -> dict of numpy arrays) over one split."""
     builder = prepare(dataset_cfg)
     if split not in builder.info.splits:
-        raise ValueError(
+        raise errors.UserError(
             f"Dataset {builder.info.full_name} has no split {split!r}; "
             f"it has {sorted(builder.info.splits)}."
         )

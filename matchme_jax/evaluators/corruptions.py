@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from matchme_jax import atomic, evaluate
+from matchme_jax import atomic, evaluate, progress
 from matchme_jax.data import sources
 from matchme_jax.data.corruptions import CorruptedPairs
 from matchme_jax.data.unlabeled import Subset
@@ -70,7 +70,7 @@ def _saved_cells(path: Path, settings: dict) -> tuple[dict | None, dict]:
     """(clean result, {corruption: {severity: result}}) of an earlier run with `settings`."""
     if not path.exists():
         return None, {}
-    saved = json.loads(path.read_text())
+    saved = atomic.read_json(path, fix="delete it; the evaluation starts over")
     if saved.get("settings") != settings:
         logging.info("%s was made with other settings; evaluating afresh.", path)
         return None, {}
@@ -150,7 +150,7 @@ def _write(out: Path, stem: str, result: dict, names, severities) -> None:
     if not result["complete"]:
         header += " Incomplete: rerun the same command to continue."
     contents = {
-        f"{stem}.json": json.dumps(result, indent=1),
+        f"{stem}.json": atomic.to_json(result, indent=1),
         f"{stem}.md": f"{header}\n\n{markdown_table(result, names, severities)}\n",
     }
     for name, text in contents.items():
@@ -196,10 +196,16 @@ class Evaluator:
         settings = self.settings
         clean, details = _saved_cells(self._out / f"{stem}.json", settings)
 
-        def evaluate_on(source) -> dict:
+        def evaluate_on(source, cell: str) -> dict:
             start = time.perf_counter()
             result = evaluate.evaluate(
-                self._eval_step, variables, source, config.dataset, config.eval, categories
+                self._eval_step,
+                variables,
+                source,
+                config.dataset,
+                config.eval,
+                categories,
+                desc=f"{stem} {cell}",
             )
             result["wall_time_s"] = round(time.perf_counter() - start, 2)
             return result
@@ -215,18 +221,22 @@ class Evaluator:
             _write(self._out, stem, result, names, severities)
             return result
 
-        if clean is None:
-            clean = evaluate_on(self.pairs)
-            save(complete=False)
-        for name in names:
-            for severity in severities:
-                if str(severity) in details.get(name, {}):
-                    continue
-                cell = evaluate_on(CorruptedPairs(self.pairs, name, severity))
+        todo = [(n, s) for n in names for s in severities if str(s) not in details.get(n, {})]
+        with progress.Progress(
+            len(todo) + (clean is None), desc=f"{stem} cells", unit="cells"
+        ) as cells:
+            if clean is None:
+                clean = evaluate_on(self.pairs, "clean")
+                save(complete=False)
+                cells.update()
+            for name, severity in todo:
+                cell = evaluate_on(CorruptedPairs(self.pairs, name, severity), f"{name} {severity}")
                 details.setdefault(name, {})[str(severity)] = cell
                 pck = cell[f"pck@{TABLE_ALPHA:g}"]
+                cells.clear()
                 logging.info("%s %d: PCK %.2f (%.1f s)", name, severity, pck, cell["wall_time_s"])
                 save(complete=False)
+                cells.update()
         yield from save(complete=True).items()
 
     @staticmethod

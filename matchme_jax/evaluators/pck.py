@@ -32,7 +32,9 @@ class Evaluator:
     def settings(self) -> dict:
         """What the result depends on besides the variables: a saved result is reused only
         while these are unchanged."""
-        return {"type": "pck", "split": self.split, "eval": self._config.eval.to_dict()}
+        # As JSON reads it back from summary.json (lists, not tuples), or it never matches.
+        eval_cfg = json.loads(self._config.eval.to_json())
+        return {"type": "pck", "split": self.split, "eval": eval_cfg}
 
     @staticmethod
     def headline(result: dict) -> dict:
@@ -44,7 +46,13 @@ class Evaluator:
         config = self._config
         categories = sources.category_names(config.dataset)
         yield from evaluate.evaluate(
-            self._eval_step, variables, self.source, config.dataset, config.eval, categories
+            self._eval_step,
+            variables,
+            self.source,
+            config.dataset,
+            config.eval,
+            categories,
+            desc=f"{self.name}: PCK on {self.split}",
         ).items()
 
     def report(self, result: dict, variables, directory: Path) -> str:
@@ -54,7 +62,7 @@ class Evaluator:
         categories = sources.category_names(config.dataset)
         stem = f"{sources.file_stem(config.dataset)}_{self.split}"
         table = evaluate.markdown_table(result, config.eval.alphas, categories)
-        atomic.write_text(directory / f"{stem}.json", json.dumps(result, indent=1))
+        atomic.write_json(directory / f"{stem}.json", result)
         atomic.write_text(directory / f"{stem}.md", f"# {stem}: {config.init_from}\n\n{table}\n")
         visualize.save_match_pictures(
             visualize.make_flow_fn(self._model),

@@ -48,6 +48,7 @@ class Evaluator:
             self._config.dataset,
             self._config.selftrain,
             batch_size=self._config.eval.batch_size,
+            desc=f"{self.name}: pseudo labels on {self.split}",
         )
         yield from stats.items()
 

@@ -73,6 +73,22 @@ def make_optimizer(optim_cfg, *, total_steps: int, freeze_backbone: bool):
     return optax.multi_transform(transforms, param_labels)
 
 
+def learning_rates(optim_cfg, *, total_steps: int, freeze_backbone: bool):
+    """`rates(step) -> {"head": lr, "backbone": lr}`: what `make_optimizer` applies at train step
+    `step` (1-based), computed on the host from the same schedules (0 for a frozen backbone)."""
+    head = learning_rate_schedule(optim_cfg.head_lr, optim_cfg, total_steps)
+    backbone = learning_rate_schedule(optim_cfg.backbone_lr, optim_cfg, total_steps)
+
+    def rates(step: int) -> dict[str, float]:
+        count = step - 1  # optax reads the schedule at the count of updates before this one
+        return {
+            "head": float(head(count)),
+            "backbone": 0.0 if freeze_backbone else float(backbone(count)),
+        }
+
+    return rates
+
+
 def create_train_state(variables, optimizer: optax.GradientTransformation) -> TrainState:
     params = variables["params"]
     return TrainState(

@@ -1,4 +1,4 @@
-"""THE train step: augment on device, keypoints -> sparse flow targets, EPE, AdamW.
+"""THE train step: augment on device, keypoints -> sparse flow targets, the loss, AdamW.
 
 Built once and jitted once; every generation calls the same compiled function. What differs
 between the teacher and a student (augmentation strength, the mix of labeled and pseudo pairs,
@@ -13,52 +13,72 @@ import optax
 
 from matchme_jax.data.augment import AugmentStrength, augment_batch
 from matchme_jax.data.targets import keypoints_to_flow
-from matchme_jax.losses import sparse_epe
+from matchme_jax.losses import cell_cross_entropy, sparse_epe
 from matchme_jax.models.inputs import normalize_images
 from matchme_jax.train.state import TrainState
 
+# The training losses (`config.train.loss`): the official end-point error of the soft-argmax flow,
+# or the cross-entropy of the soft-argmax distribution against the true source cell.
+LOSSES = ("epe", "cross_entropy")
 
-def make_train_forward(model, *, bn_train: bool) -> Callable:
-    """`forward(params, batch_stats, source, target, dropout_rng=None) -> (flow, batch_stats)`.
 
-    The model in training mode on ImageNet-normalised images `[B, H, W, 3]`, giving the flow
-    `[B, h, w, 2]` the loss compares. With `bn_train` the backbone BatchNorm uses batch statistics
-    and the returned `batch_stats` are the updated running statistics, as the official training
-    does (even with a frozen backbone); otherwise they come back unchanged. `dropout_rng` feeds
-    the model's dropout (CATs++'s affinity Dropout2d; CATs has none).
+def make_train_forward(model, *, bn_train: bool, output: str = "flow") -> Callable:
+    """`forward(params, batch_stats, source, target, dropout_rng=None) -> (out, batch_stats)`.
+
+    The model in training mode on ImageNet-normalised images `[B, H, W, 3]`, giving what the loss
+    compares: with `output="flow"` the flow `[B, h, w, 2]`, with `output="refined_corr"` the
+    refined correlation `[B, S, T]` the flow is the soft-argmax of. With `bn_train` the backbone
+    BatchNorm uses batch statistics and the returned `batch_stats` are the updated running
+    statistics, as the official training does (even with a frozen backbone); otherwise they come
+    back unchanged. `dropout_rng` feeds the model's dropout (CATs++'s affinity Dropout2d; CATs has
+    none).
     """
+    if output not in ("flow", "refined_corr"):
+        raise ValueError(f"output={output!r}: use 'flow' or 'refined_corr'.")
+
+    def apply(variables, source, target, **kwargs):
+        if output == "flow":
+            return model.apply(variables, source=source, target=target, train=True, **kwargs)
+        result = model.apply(
+            variables, source=source, target=target, train=True, method="correspondence", **kwargs
+        )
+        if "mutable" in kwargs:
+            result, updated = result
+            return result["refined_corr"], updated
+        return result["refined_corr"]
 
     def forward(params, batch_stats, source, target, dropout_rng=None):
         variables = {"params": params, "batch_stats": batch_stats}
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}
         if not bn_train:
-            flow = model.apply(variables, source=source, target=target, train=True, rngs=rngs)
-            return flow, batch_stats
-        flow, updated = model.apply(
-            variables,
-            source=source,
-            target=target,
-            train=True,
-            mutable=["batch_stats"],
-            rngs=rngs,
-        )
-        return flow, updated["batch_stats"]
+            return apply(variables, source, target, rngs=rngs), batch_stats
+        out, updated = apply(variables, source, target, mutable=["batch_stats"], rngs=rngs)
+        return out, updated["batch_stats"]
 
     return forward
 
 
-def make_update_fn(model, optimizer: optax.GradientTransformation, *, bn_train: bool) -> Callable:
+def make_update_fn(
+    model, optimizer: optax.GradientTransformation, *, bn_train: bool, loss: str = "epe"
+) -> Callable:
     """`update(state, source, target, flow_gt, cell_weight, dropout_rng=None) -> (state, metrics)`.
 
-    One optimizer step on the `make_train_forward` flow of ImageNet-normalised images
-    `[B, H, W, 3]` against a sparse flow target `flow_gt: [B, h, w, 2]` with per-cell weights
-    `[B, h, w]`. `metrics`: the scalars "loss" and "grad_norm".
+    One optimizer step on ImageNet-normalised images `[B, H, W, 3]` against a sparse flow target
+    `flow_gt: [B, h, w, 2]` with per-cell weights `[B, h, w]` (0 where a cell has no truth).
+    `loss` (see `LOSSES`): "epe", the official end-point error of the `make_train_forward` flow,
+    or "cross_entropy" of the model's soft-argmax distribution (`losses.cell_cross_entropy`).
+    `metrics`: the scalars "loss" and "grad_norm".
     """
-    forward = make_train_forward(model, bn_train=bn_train)
+    if loss not in LOSSES:
+        raise ValueError(f"config.train.loss={loss!r}: use one of {LOSSES}.")
+    output = "flow" if loss == "epe" else "refined_corr"
+    forward = make_train_forward(model, bn_train=bn_train, output=output)
 
     def loss_fn(params, batch_stats, source, target, flow_gt, cell_weight, dropout_rng):
-        flow, batch_stats = forward(params, batch_stats, source, target, dropout_rng)
-        return sparse_epe(flow, flow_gt, weight=cell_weight), batch_stats
+        out, batch_stats = forward(params, batch_stats, source, target, dropout_rng)
+        if loss == "epe":
+            return sparse_epe(out, flow_gt, weight=cell_weight), batch_stats
+        return cell_cross_entropy(out, flow_gt, cell_weight, model.beta), batch_stats
 
     def update(state: TrainState, source, target, flow_gt, cell_weight, dropout_rng=None):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -85,8 +105,19 @@ class TrainStep:
     must stay at 1 for a whole self-training run.
     """
 
-    def __init__(self, model, optimizer, model_cfg, dataset_cfg, *, receptive_field: int = 35):
-        self._update = make_update_fn(model, optimizer, bn_train=model_cfg.bn_mode == "official")
+    def __init__(
+        self,
+        model,
+        optimizer,
+        model_cfg,
+        dataset_cfg,
+        *,
+        receptive_field: int = 35,
+        loss: str = "epe",
+    ):
+        self._update = make_update_fn(
+            model, optimizer, bn_train=model_cfg.bn_mode == "official", loss=loss
+        )
         self._feature_size = model_cfg.feature_size
         self._image_size = dataset_cfg.image_size
         self._receptive_field = receptive_field
