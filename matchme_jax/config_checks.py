@@ -43,6 +43,9 @@ HARMLESS_FIELDS = (
 # Evaluation settings: each generation's summary records its evaluators' settings and evaluates
 # again where they differ, so a workdir may be continued with other evaluators. And reporting.
 HARMLESS_PREFIXES = ("evals.", "logging.")
+# Fields only the student generations read: while a workdir holds no student generation, they
+# may change (e.g. a lower tau after a run stopped because its teacher kept no pseudo label).
+STUDENT_PREFIXES = ("selftrain.", "augment.student.")
 # Fields a saved config.json may lack, with the value that means; and fields it may hold that no
 # run reads (the evaluation splits and SPair-C settings, now in `evals`).
 DEFAULT_FIELDS = {
@@ -209,13 +212,23 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
             and not k.startswith(HARMLESS_PREFIXES)
             and saved.get(k) != now.get(k)
         )
-        if differ and not computed_files(workdir):
+        computed = computed_files(workdir)
+        students_only = all(k.startswith(STUDENT_PREFIXES) for k in differ)
+        if differ and not computed:
             logging.info(
                 "%s holds nothing computed yet; its %s of an earlier try is replaced by this "
                 "run's (%s differ).",
                 workdir,
                 CONFIG_FILE,
                 ", ".join(differ[:8]),
+            )
+            atomic.write_json(path, current)
+        elif differ and students_only and not any(_is_student_file(f, workdir) for f in computed):
+            logging.info(
+                "%s holds no student generation yet: the teacher stays, and the students follow "
+                "this run's settings (%s).",
+                workdir,
+                ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in differ[:8]),
             )
             atomic.write_json(path, current)
         elif differ:
@@ -226,6 +239,12 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
             )
     else:
         atomic.write_json(path, current)
+
+
+def _is_student_file(path: Path, workdir: Path) -> bool:
+    """Whether `path` (one of `computed_files`) belongs to a student generation (g >= 1)."""
+    parts = Path(path).relative_to(workdir).parts
+    return parts[0].startswith("gen_") and parts[0] != "gen_0"
 
 
 def computed_files(workdir: Path) -> list[Path]:

@@ -104,8 +104,32 @@ def test_workdir_of_another_config_is_refused(tmp_path):
     config_checks.check_workdir(config, tmp_path)  # the same config continues
     config.train.log_every = 7  # harmless: how the run reports, not what it computes
     config_checks.check_workdir(config, tmp_path)
-    config.selftrain.tau = 0.5
-    with pytest.raises(ValueError, match=r"selftrain.tau: 0.0 -> 0.5"):
+    config.train.steps = 8
+    with pytest.raises(ValueError, match=r"train.steps: 6 -> 8"):
+        config_checks.check_workdir(config, tmp_path)
+
+
+def test_student_settings_may_change_until_a_student_generation_exists(tmp_path):
+    """A run stopped by its teacher keeping no pseudo label at tau continues with a lower tau,
+    without training the teacher again; once a student is computed, tau is the run's."""
+    config = load("synthetic.py:tiny")
+    config.selftrain.tau = 0.7
+    config_checks.check_workdir(config, tmp_path)
+    _computed(tmp_path)
+    (tmp_path / "gen_0" / "summary.json").write_text("{}")
+    (tmp_path / "results.json").write_text("{}")
+    config.selftrain.tau = 0.3
+    config.augment.student.tps_p = 0.0
+    config_checks.check_workdir(config, tmp_path)
+    saved = json.loads((tmp_path / config_checks.CONFIG_FILE).read_text())
+    assert saved["selftrain"]["tau"] == 0.3 and saved["augment"]["student"]["tps_p"] == 0.0
+    config.augment.teacher.tps_p = 0.5  # the teacher's: refused, whatever the students
+    with pytest.raises(ValueError, match=r"augment.teacher.tps_p: 0.0 -> 0.5"):
+        config_checks.check_workdir(config, tmp_path)
+    config.augment.teacher.tps_p = 0.0
+    (tmp_path / "gen_1" / "checkpoints" / "3").mkdir(parents=True)
+    config.selftrain.tau = 0.1
+    with pytest.raises(ValueError, match=r"selftrain.tau: 0.3 -> 0.1"):
         config_checks.check_workdir(config, tmp_path)
 
 
@@ -129,8 +153,8 @@ def test_workdir_may_continue_with_other_evaluators(tmp_path):
     _computed(tmp_path)
     config.evals.validation.split = "test"
     config_checks.check_workdir(config, tmp_path)
-    config.selftrain.annotator = "oracle"
-    with pytest.raises(ValueError, match=r"selftrain.annotator: 'teacher' -> 'oracle'"):
+    config.train.batch_size = 2
+    with pytest.raises(ValueError, match=r"train.batch_size: 4 -> 2"):
         config_checks.check_workdir(config, tmp_path)
 
 
