@@ -6,8 +6,8 @@ The chance level next to which the embedded benchmark's PCK is read. For every p
 in the evaluated canvas (the evaluation's own resize), each target keypoint's prediction is a
 point drawn uniformly inside the source box; it is correct when it lies within alpha x the box's
 longer side of the true source keypoint (the SPair-71k threshold the evaluation uses). The
-probability of that is computed on a fine grid of the box (`GRID` x `GRID` points), so the
-number is exact up to that grid, with no sampling noise. Per-pair means, averaged over pairs and
+probability of that is computed on the centres of a fine tiling of the box (`GRID` x `GRID`), so
+the number is exact up to that grid, with no sampling noise. Per-pair means, averaged over pairs and
 per category, as the evaluation averages.
 """
 
@@ -27,8 +27,10 @@ GRID = 200  # points per side of the box on which the hit probability is integra
 def hit_probability(box: np.ndarray, point: np.ndarray, radius: float) -> float:
     """Probability that a uniform point of `box` (x1, y1, x2, y2) lies within `radius` of
     `point` (x, y)."""
-    xs = np.linspace(box[0], box[2], GRID)
-    ys = np.linspace(box[1], box[3], GRID)
+    # The centres of a GRID x GRID tiling of the box: the midpoint rule, unbiased at its edges.
+    steps = (np.arange(GRID) + 0.5) / GRID
+    xs = box[0] + steps * (box[2] - box[0])
+    ys = box[1] + steps * (box[3] - box[1])
     dx2 = (xs - point[0]) ** 2
     dy2 = (ys - point[1]) ** 2
     return float(np.mean(dy2[:, None] + dx2[None, :] <= radius * radius))
