@@ -298,7 +298,7 @@ def predict_canvas(
     # centre exactly the annotator's number for that cell, in [0, 1] everywhere.
     field = jnp.repeat(out["confidence"][..., None], 2, axis=-1)  # [1, h, w, 2], as a flow
     lookup = _lookup_points(queries, size, mode)
-    confidence = metrics._sample_flow(field, lookup, size)[..., 0]
+    confidence = metrics.sample_flow(field, lookup, size)[..., 0]
     return np.asarray(target[0]), np.clip(np.asarray(confidence[0]), 0.0, 1.0)
 
 

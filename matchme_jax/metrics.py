@@ -183,7 +183,7 @@ def _upsample_weights(
     return low, high, upper_weight
 
 
-def _sample_flow(flow: jax.Array, points: jax.Array, image_size: int) -> jax.Array:
+def sample_flow(flow: jax.Array, points: jax.Array, image_size: int) -> jax.Array:
     """Bilinearly upsampled flow (align_corners=False) at `points`, without upsampling all of it.
 
     Args:
@@ -247,7 +247,7 @@ def flow_to_keypoints(
         keypoints = jnp.clip(jnp.trunc(keypoints), 0.0, image_size - 1.0)
     # (x, y) cell sizes in pixels; the official code multiplies by the float32 of img / h.
     cells_to_pixels = np.array([image_size / flow.shape[2], image_size / flow.shape[1]], np.float32)
-    return keypoints + _sample_flow(flow, keypoints, image_size) * cells_to_pixels
+    return keypoints + sample_flow(flow, keypoints, image_size) * cells_to_pixels
 
 
 class PCKAccumulator:
