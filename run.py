@@ -17,12 +17,12 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from data_builders.common import DatasetFileError
-from matchme_jax import checkpoint, config_checks, defaults, errors, experiment
+from matchme_jax import config_checks, defaults, errors, experiment
 
 # The exit status of a bad input, as for argparse's usage errors.
 EXIT_BAD_INPUT = 2
 # Errors whose message names the field or file at fault and the fix: a traceback adds nothing.
-USER_ERRORS = (errors.UserError, DatasetFileError, checkpoint.DamagedCheckpointError)
+USER_ERRORS = (errors.UserError, DatasetFileError)
 
 
 class _OwnInfoOnly(std_logging.Filter):

@@ -8,7 +8,8 @@
   `DatasetFileError` that names the file and what is wrong with it.
 * `encode_png`: uint8 pixels as PNG bytes, for builders that make or change pixels.
 * `training_images`: the distinct images of a prepared split, for drawing unlabeled pairs.
-* `remove_stale_incomplete`: deletes what interrupted preparations of a dataset left.
+* `prepare`: `download_and_prepare`, then `remove_stale_incomplete`, which deletes what
+  interrupted preparations of the dataset left.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import re
 import shutil
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -340,6 +342,15 @@ def training_images(
                 bbox = np.asarray(example[f"{side}_bbox"], np.float32)
                 images[(category, name)] = TrainingImage(name, category, bbox, index, side)
     return list(images.values())
+
+
+def prepare(
+    builder: tfds.core.DatasetBuilder, download_config: tfds.download.DownloadConfig
+) -> None:
+    """`builder.download_and_prepare`, then what interrupted earlier preparations left removed."""
+    started = time.time()
+    builder.download_and_prepare(download_config=download_config)
+    remove_stale_incomplete(builder, started)
 
 
 def remove_stale_incomplete(builder: tfds.core.DatasetBuilder, before: float) -> list[Path]:

@@ -12,7 +12,6 @@ Read the result with `tfds.data_source("spair71k", split="train", data_dir=...)`
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
@@ -51,13 +50,10 @@ def prepare(
         The prepared builder.
     """
     builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
-    started = time.time()
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=manual_dir, register_checksums=register_checksums
-        )
+    common.prepare(
+        builder,
+        tfds.download.DownloadConfig(manual_dir=manual_dir, register_checksums=register_checksums),
     )
-    common.remove_stale_incomplete(builder, started)
     return builder
 
 

@@ -126,13 +126,16 @@ def _checksums(step_dir: Path) -> dict[str, dict]:
     for path in sorted(step_dir.rglob("*")):
         # Not the checksums file, nor what a killed write of it left (its `.tmp`).
         if path.is_file() and not path.name.startswith(CHECKSUMS_FILE):
-            with path.open("rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
             found[path.relative_to(step_dir).as_posix()] = {
                 "size": path.stat().st_size,
-                "sha256": digest,
+                "sha256": _sha256(path),
             }
     return found
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_checksums(step_dir: Path) -> None:
@@ -175,10 +178,8 @@ def verify_step(step_dir: Path) -> bool:
             problems.append(f"{name} is missing")
         elif file.stat().st_size != want["size"]:
             problems.append(f"{name} has {file.stat().st_size} bytes, not {want['size']}")
-        else:
-            with file.open("rb") as f:
-                if hashlib.file_digest(f, "sha256").hexdigest() != want["sha256"]:
-                    problems.append(f"{name} has changed")
+        elif _sha256(file) != want["sha256"]:
+            problems.append(f"{name} has changed")
     if problems:
         raise _damaged(step_dir, problems)
     return True

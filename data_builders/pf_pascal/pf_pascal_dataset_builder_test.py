@@ -10,7 +10,7 @@ import pytest
 import scipy.io
 import tensorflow_datasets as tfds
 
-from data_builders import common
+from data_builders import common, testing
 from data_builders.pf_pascal import pf_pascal_dataset_builder as pf_pascal
 
 DUMMY = pathlib.Path(__file__).parent / "dummy_data"
@@ -30,11 +30,6 @@ def builder(tmp_path_factory):
     return _build(DUMMY, tmp_path_factory.mktemp("pf_pascal_data"))
 
 
-def _examples(builder, split):
-    source = builder.as_data_source(split)
-    return {ex["pair_id"].decode(): ex for ex in (source[i] for i in range(len(source)))}
-
-
 def test_registered_name():
     import data_builders  # noqa: F401  (registration happens on import)
 
@@ -47,20 +42,11 @@ def test_split_sizes(builder):
 
 
 def test_no_image_pair_is_in_two_splits(builder):
-    pairs = {
-        split: {
-            (ex["source_image_name"], ex["target_image_name"])
-            for ex in _examples(builder, split).values()
-        }
-        for split in ("train", "validation", "test")
-    }
-    assert not pairs["train"] & pairs["validation"]
-    assert not pairs["train"] & pairs["test"]
-    assert not pairs["validation"] & pairs["test"]
+    testing.assert_no_image_pair_in_two_splits(builder)
 
 
 def test_nan_rows_are_dropped_and_flip_is_kept(builder):
-    examples = _examples(builder, "train")
+    examples = testing.examples(builder, "train")
     # Source row 1 and target row 2 are NaN: rows 0 and 3 remain, in annotation order.
     for pair_id, flip in (("trn-00000", False), ("trn-00001", True)):
         example = examples[pair_id]
@@ -79,7 +65,7 @@ def test_nan_rows_are_dropped_and_flip_is_kept(builder):
 
 @pytest.mark.parametrize("split,name", list(pf_pascal.SPLITS.items()))
 def test_every_pair_matches_its_csv_and_mat_files(builder, split, name):
-    examples = _examples(builder, split)
+    examples = testing.examples(builder, split)
     with open(ROOT / f"{name}_pairs.csv", newline="") as f:
         rows = list(csv.reader(f))[1:]
     assert sorted(examples) == [f"{name}-{i:05d}" for i in range(len(rows))]

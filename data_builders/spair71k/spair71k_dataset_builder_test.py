@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_builders import common
+from data_builders import common, testing
 from data_builders.spair71k import spair71k_dataset_builder as spair
 
 DUMMY = pathlib.Path(__file__).parent / "dummy_data"
@@ -31,11 +31,6 @@ def builder(tmp_path_factory):
     return _build(DUMMY, tmp_path_factory.mktemp("spair_data"))
 
 
-def _examples(builder, split):
-    source = builder.as_data_source(split)
-    return {ex["pair_id"].decode(): ex for ex in (source[i] for i in range(len(source)))}
-
-
 def test_registered_name():
     import data_builders  # noqa: F401  (registration happens on import)
 
@@ -49,20 +44,11 @@ def test_split_sizes(builder):
 
 
 def test_no_image_pair_is_in_two_splits(builder):
-    pairs = {
-        split: {
-            (ex["source_image_name"], ex["target_image_name"])
-            for ex in _examples(builder, split).values()
-        }
-        for split in ("train", "validation", "test")
-    }
-    assert not pairs["train"] & pairs["validation"]
-    assert not pairs["train"] & pairs["test"]
-    assert not pairs["validation"] & pairs["test"]
+    testing.assert_no_image_pair_in_two_splits(builder)
 
 
 def test_first_pair_values(builder):
-    example = _examples(builder, "train")["000001-2008_000585-2008_004704:aeroplane"]
+    example = testing.examples(builder, "train")["000001-2008_000585-2008_004704:aeroplane"]
     np.testing.assert_array_equal(example["source_keypoints"], [[2, 2], [4, 3], [6, 4]])
     np.testing.assert_array_equal(example["target_keypoints"], [[20, 4], [19, 5], [18, 6]])
     np.testing.assert_array_equal(example["source_bbox"], [1, 3, 24, 16])
@@ -81,7 +67,7 @@ def test_first_pair_values(builder):
 
 @pytest.mark.parametrize("split,folder", list(spair.SPLITS.items()))
 def test_every_pair_matches_its_json(builder, split, folder):
-    examples = _examples(builder, split)
+    examples = testing.examples(builder, split)
     lines = (ROOT / "Layout" / "large" / f"{folder}.txt").read_text().split()
     assert sorted(examples) == sorted(lines)
     for pair_id, example in examples.items():
@@ -97,7 +83,7 @@ def test_every_pair_matches_its_json(builder, split, folder):
 
 
 def test_pixels_are_the_jpeg_pixels(builder):
-    example = _examples(builder, "test")["000006-2007_000123-2007_000456:bottle"]
+    example = testing.examples(builder, "test")["000006-2007_000123-2007_000456:bottle"]
     from PIL import Image
 
     with Image.open(ROOT / "JPEGImages" / "bottle" / "2007_000123.jpg") as image:

@@ -1,7 +1,6 @@
 """Opening the prepared TFDS datasets as random-access sources (no TensorFlow needed)."""
 
 import os
-import time
 from collections.abc import Callable
 
 import tensorflow_datasets as tfds
@@ -78,10 +77,7 @@ def _prepared(builder_fn: Callable[[], tfds.core.DatasetBuilder], manual_dir, wh
     builder = builder_fn()
     if not builder.is_prepared():
         logging.info("Preparing %s in %s", what, builder.data_dir)
-        started = time.time()
-        download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-        builder.download_and_prepare(download_config=download_config)
-        common.remove_stale_incomplete(builder, started)
+        common.prepare(builder, tfds.download.DownloadConfig(manual_dir=manual_dir))
     if several and parallel.is_main_process():
         multihost_utils.sync_global_devices(f"prepared {what}")
     return builder

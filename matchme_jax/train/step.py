@@ -35,25 +35,19 @@ def make_train_forward(model, *, bn_train: bool, output: str = "flow") -> Callab
     """
     if output not in ("flow", "refined_corr"):
         raise ValueError(f"output={output!r}: use 'flow' or 'refined_corr'.")
+    method = None if output == "flow" else "correspondence"  # None: the model's __call__
 
-    def apply(variables, source, target, **kwargs):
-        if output == "flow":
-            return model.apply(variables, source=source, target=target, train=True, **kwargs)
-        result = model.apply(
-            variables, source=source, target=target, train=True, method="correspondence", **kwargs
-        )
-        if "mutable" in kwargs:
-            result, updated = result
-            return result["refined_corr"], updated
-        return result["refined_corr"]
+    def pick(out):
+        return out if output == "flow" else out["refined_corr"]
 
     def forward(params, batch_stats, source, target, dropout_rng=None):
         variables = {"params": params, "batch_stats": batch_stats}
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+        kwargs = dict(source=source, target=target, train=True, rngs=rngs, method=method)
         if not bn_train:
-            return apply(variables, source, target, rngs=rngs), batch_stats
-        out, updated = apply(variables, source, target, mutable=["batch_stats"], rngs=rngs)
-        return out, updated["batch_stats"]
+            return pick(model.apply(variables, **kwargs)), batch_stats
+        out, updated = model.apply(variables, mutable=["batch_stats"], **kwargs)
+        return pick(out), updated["batch_stats"]
 
     return forward
 
