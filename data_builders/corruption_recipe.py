@@ -49,6 +49,7 @@ CORRUPTIONS = (
     "jpeg_compression",
 )
 SEVERITIES = (1, 2, 3, 4, 5)
+TABLE_ALPHA = 0.1  # the corruption table reports PCK@0.1, as the SPair-C literature does
 # The corruptions that draw random numbers; the others are a fixed function of the image.
 RANDOM_CORRUPTIONS = (
     "gaussian_noise",

@@ -1,7 +1,7 @@
 r"""Prepares a registered dataset builder into ArrayRecord files, without TensorFlow.
 
 The `tfds build` command needs TensorFlow, which this project does not install; this does the
-same for every builder that `import data_builders` registers:
+same for every builder that `data_builders.register()` registers:
 
     python -m data_builders.prepare --dataset=spair71k --data_dir=~/tensorflow_datasets \
         --manual_dir=~/downloads
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
-import data_builders  # noqa: F401  (importing registers the builders)
+import data_builders
 from data_builders import common
 
 _DATASET = flags.DEFINE_string("dataset", None, "Builder name, e.g. spair71k.", required=True)
@@ -49,6 +49,7 @@ def prepare(
     Returns:
         The prepared builder.
     """
+    data_builders.register()
     builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
     common.prepare(
         builder,

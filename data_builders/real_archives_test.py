@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import data_builders  # noqa: F401  (registers the builders)
+import data_builders
 from data_builders.pf_pascal import pf_pascal_dataset_builder as pf_pascal
 from data_builders.pf_willow import pf_willow_dataset_builder as pf_willow
 from data_builders.prepare import prepare
 from data_builders.spair71k import spair71k_dataset_builder as spair
+
+data_builders.register()
 
 # Pairs per split as the datasets' authors (SPair-71k) and the DHPF/CATs split files publish them.
 PUBLISHED = {

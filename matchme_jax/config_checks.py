@@ -7,18 +7,17 @@ from pathlib import Path
 import ml_collections
 from absl import logging
 
-from data_builders.corruption_recipe import CORRUPTIONS, SEVERITIES
+from data_builders import NOT_SEEDED, SEEDED_DATASET
+from data_builders.corruption_recipe import CORRUPTIONS, SEVERITIES, TABLE_ALPHA
 from matchme_jax import atomic, errors
-from matchme_jax.annotate import QUERIES
+from matchme_jax.annotate import ANNOTATORS, QUERIES
 from matchme_jax.data.augment import AugmentStrength
-from matchme_jax.data.sources import NOT_SEEDED, SEEDED_DATASET
 from matchme_jax.data.unlabeled import UNLABELED_PAIRS
-from matchme_jax.evaluate import THRESHOLDS
 from matchme_jax.evaluators import TYPES as EVALUATOR_TYPES
-from matchme_jax.evaluators.corruptions import TABLE_ALPHA
+from matchme_jax.init_from import STUDENT_INITS
+from matchme_jax.metrics import THRESHOLDS
 from matchme_jax.models import build_model
 from matchme_jax.results import RESULTS_FILE, SUMMARY_FIELDS, SUMMARY_FILE
-from matchme_jax.selftrain import ANNOTATORS, STUDENT_INITS
 from matchme_jax.train.step import LOSSES
 
 MODES = ("selftrain", "train", "evaluate", "evaluate_corruptions")

@@ -11,6 +11,7 @@ from pathlib import Path
 import ml_collections
 from ml_collections import config_dict
 
+import data_builders
 from data_builders.corruption_recipe import CORRUPTIONS, SEVERITIES
 from matchme_jax.data.augment import AugmentStrength
 from matchme_jax.models import MODEL_CLASSES, model_defaults
@@ -260,9 +261,7 @@ def _shrink_catspp(config: ml_collections.ConfigDict) -> None:
 
 def shrink_to_tiny_on_dummy_data(config: ml_collections.ConfigDict, builder: str) -> None:
     """`shrink_to_tiny`, reading a real benchmark builder's `dummy_data/` as its manual dir."""
-    # find_spec locates the package without importing it: importing registers the builders with
-    # TFDS, which the GPU benchmark machines do not have.
-    builders = Path(importlib.util.find_spec("data_builders").origin).parent
+    builders = Path(data_builders.__file__).parent  # a light import: no builder, no TFDS
     config.dataset.manual_dir = str(builders / builder / "dummy_data")
     shrink_to_tiny(config)
     cell = config.dataset.image_size // config.model.feature_size

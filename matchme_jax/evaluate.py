@@ -15,21 +15,19 @@ from matchme_jax import metrics, parallel, progress
 from matchme_jax.data import pipeline
 from matchme_jax.models.inputs import normalize_uint8
 
-# bbox: the source box's larger side (SPair-71k); img: the image side (PF-PASCAL); bbox_kp: the
-# source keypoints' extent (CATs++'s PF-WILLOW `bbox-kp`); willow_cats: the official CATs PF-WILLOW
-# quirk, max(max_x, max_y) + 1 of the source keypoints.
-THRESHOLDS = ("bbox", "img", "bbox_kp", "willow_cats")
 # Target keypoints are transferred to the source and compared with its annotation, as officially.
 DIRECTION = "target->source"
 
 
 def check_threshold(eval_cfg) -> None:
-    if eval_cfg.threshold not in THRESHOLDS:
-        raise ValueError(f"config.eval.threshold={eval_cfg.threshold!r}: use one of {THRESHOLDS}.")
+    if eval_cfg.threshold not in metrics.THRESHOLDS:
+        raise ValueError(
+            f"config.eval.threshold={eval_cfg.threshold!r}: use one of {metrics.THRESHOLDS}."
+        )
 
 
 def pck_threshold(batch, mode: str, image_size: int) -> jax.Array:
-    """[B] PCK threshold before alpha, in the evaluated frame (see `THRESHOLDS`)."""
+    """[B] PCK threshold before alpha, in the evaluated frame (see `metrics.THRESHOLDS`)."""
     if mode == "bbox":
         return metrics.bbox_threshold(batch["source_bbox"])
     if mode == "bbox_kp":

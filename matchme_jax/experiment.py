@@ -10,8 +10,9 @@ from pathlib import Path
 import jax
 from absl import logging
 
-from matchme_jax import config_checks, evaluators, init_from, parallel, selftrain, workdir_lock
+from matchme_jax import config_checks, init_from, parallel, selftrain, workdir_lock
 from matchme_jax.data import sources
+from matchme_jax.evaluators import build as build_evaluators
 from matchme_jax.models import build_model
 
 
@@ -48,7 +49,7 @@ def evaluate_checkpoint(config, workdir: Path) -> dict:
     out = workdir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     evaluated = {}
-    for name, evaluator in evaluators.from_config(config, model, workdir).items():
+    for name, evaluator in build_evaluators.from_config(config, model, workdir).items():
         result = dict(evaluator.run(variables))
         result["checkpoint"] = config.init_from
         result["dataset"] = sources.full_name(config.dataset)

@@ -13,6 +13,9 @@ from matchme_jax import checkpoint, errors, parallel
 # How much of a converter's mismatch list (hundreds of keys for a file of another model) an error
 # quotes.
 MISMATCH_CHARS = 600
+# Where a student starts (`config.selftrain.student_init`): the teacher's initialisation, or the
+# teacher's weights.
+STUDENT_INITS = ("same", "teacher")
 
 
 def _from_our_checkpoint(path: Path) -> dict:
@@ -133,3 +136,11 @@ def initial_variables(config, model) -> dict:
     if config.init_from:
         variables = load_variables(config, variables)
     return parallel.replicate(variables)
+
+
+def generation_start(config, generation: int, init: dict, teacher: dict | None) -> dict:
+    """The variables generation `generation` trains from: the teacher (generation 0) and "same"
+    students start from `init`, "teacher" students from the previous generation's weights."""
+    if generation == 0 or config.selftrain.student_init == "same":
+        return init
+    return teacher

@@ -18,6 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 FLOW_TO_KEYPOINTS_MODES = ("official", "bilinear")
+# bbox: the source box's larger side (SPair-71k); img: the image side (PF-PASCAL); bbox_kp: the
+# source keypoints' extent (CATs++'s PF-WILLOW `bbox-kp`); willow_cats: the official CATs PF-WILLOW
+# quirk, max(max_x, max_y) + 1 of the source keypoints.
+THRESHOLDS = ("bbox", "img", "bbox_kp", "willow_cats")
 
 
 def _check_last_dim(name: str, x: jax.Array, size: int) -> None:

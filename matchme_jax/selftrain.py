@@ -23,21 +23,15 @@ from matchme_jax import (
     annotate,
     atomic,
     curves,
-    evaluators,
     init_from,
     parallel,
     results,
     visualize,
 )
-from matchme_jax.data import pipeline, sources, unlabeled
+from matchme_jax.data import pipeline, sources
+from matchme_jax.evaluators import build as build_evaluators
 from matchme_jax.models import build_model
 from matchme_jax.train.trainer import GenerationTrainer
-
-# Who labels the unlabeled pairs: the previous generation, or (a diagnostic, never a default)
-# the pairs' own annotation, the ceiling of any pseudo labels.
-ANNOTATORS = ("teacher", "oracle")
-# Where a student starts: the teacher's initialisation, or the teacher's weights.
-STUDENT_INITS = ("same", "teacher")
 
 
 def run(config, workdir: Path) -> dict:
@@ -54,7 +48,7 @@ def _run(config, workdir: Path, board: curves.Curves) -> dict:
     annotate_step = annotate.make_annotate_step(
         model, consistency=config.selftrain.consistency_radius is not None
     )
-    evals = evaluators.from_config(config, model, workdir, annotate_step=annotate_step)
+    evals = build_evaluators.from_config(config, model, workdir, annotate_step=annotate_step)
     init = init_from.initial_variables(config, model)
     labeled = sources.open_split(config.dataset, config.dataset.train_split)
     generations = config.selftrain.generations if config.mode == "selftrain" else 0
@@ -73,8 +67,8 @@ def _run(config, workdir: Path, board: curves.Curves) -> dict:
             )
             fraction = config.selftrain.labeled_fraction
             role, training, weights = "student", [labeled, pseudo_pairs], [fraction, 1 - fraction]
-        same_init = g == 0 or config.selftrain.student_init == "same"
-        variables = trainer.train(g, init if same_init else teacher, training, weights, role)
+        start_from = init_from.generation_start(config, g, init, teacher)
+        variables = trainer.train(g, start_from, training, weights, role)
         gen_dir = workdir / f"gen_{g}"
         summary = _summary(gen_dir, evals, variables, g, role, stats, start, config, board)
         report["generations"].append({k: summary[k] for k in (*results.GENERATION_FIELDS, *evals)})
@@ -140,7 +134,7 @@ def _pseudo_labels(config, workdir: Path, generation: int, annotate_step, teache
     Returns (pseudo labels, statistics, the source their `index` refers to).
     """
     pseudo_dir = workdir / f"gen_{generation}" / "pseudo"
-    subset = unlabeled.draw_pairs(config, generation, workdir)
+    subset = sources.draw_unlabeled_pairs(config, generation, workdir)
     st = config.selftrain
     if (pseudo_dir / annotate.PSEUDO_FILE).exists():
         pseudo, stats = annotate.load(pseudo_dir)

@@ -36,6 +36,27 @@ def test_real_benchmarks_read_with_worker_processes_tiny_variants_in_process(nam
     assert load(f"{name}:tiny").dataset.num_workers == 0
 
 
+def test_validating_a_config_imports_neither_grain_nor_tfds():
+    code = (
+        "import sys; from matchme_jax import config_checks, defaults; "
+        "config_checks.validate(defaults.load_config_file('configs/spair.py', 'tiny')); "
+        "print(sorted(m for m in ('grain', 'tensorflow_datasets') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_light_facts_about_builders_are_those_of_the_builders():
+    import data_builders
+    from data_builders.synthetic_correspondence import SyntheticCorrespondence
+
+    assert SyntheticCorrespondence.name == data_builders.SEEDED_DATASET
+    packages = {p.parent.name for p in (ROOT / "data_builders").glob("*/__init__.py")}
+    assert {m.removeprefix("data_builders.") for m in data_builders.BUILDER_MODULES} == packages
+
+
 def test_bad_values_are_listed_in_one_error():
     config = load("synthetic.py:tiny")
     config.selftrain.tau = 1.5

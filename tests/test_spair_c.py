@@ -5,8 +5,9 @@ import json
 import pytest
 from test_config import load
 
-from matchme_jax import config_checks, evaluate, evaluators, experiment, init_from
+from matchme_jax import config_checks, evaluate, experiment, init_from
 from matchme_jax.data.corruptions import CorruptedPairs
+from matchme_jax.evaluators import build as build_evaluators
 from matchme_jax.evaluators import corruptions
 from matchme_jax.models import build_model
 
@@ -33,7 +34,7 @@ def corruption_run(compiled, monkeypatch):
     config, model, variables, eval_step = compiled
     monkeypatch.setattr(experiment, "build_model", lambda _: model)
     monkeypatch.setattr(experiment.init_from, "initial_variables", lambda *_: variables)
-    monkeypatch.setattr(evaluators.evaluate, "make_eval_step", lambda *_: eval_step)
+    monkeypatch.setattr(build_evaluators.evaluate, "make_eval_step", lambda *_: eval_step)
     config = config.copy_and_resolve_references()
     config.mode = "evaluate_corruptions"
     config.init_from = "/the/checkpoint"

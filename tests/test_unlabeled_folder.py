@@ -9,7 +9,7 @@ from PIL import Image
 from test_config import load
 
 from matchme_jax import annotate
-from matchme_jax.data import folder_copy, sources, unlabeled
+from matchme_jax.data import folder_copy, sources
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def config_and_folder(tmp_path_factory, tfds_dir):
 
 def test_pairs_are_two_distinct_images_of_one_category(config_and_folder, tmp_path):
     config, folder, categories = config_and_folder
-    pairs = unlabeled.draw_pairs(config, 1, tmp_path)
+    pairs = sources.draw_unlabeled_pairs(config, 1, tmp_path)
     assert len(pairs) == 6
     images = {
         path.parent.name: [np.asarray(Image.open(p)) for p in sorted(path.parent.glob("*.png"))]
@@ -53,7 +53,7 @@ def test_pairs_are_two_distinct_images_of_one_category(config_and_folder, tmp_pa
 
 def test_the_teacher_annotates_them(config_and_folder, tmp_path):
     config, _, _ = config_and_folder
-    pairs = unlabeled.draw_pairs(config, 1, tmp_path)
+    pairs = sources.draw_unlabeled_pairs(config, 1, tmp_path)
     cells = config.model.feature_size
 
     def teacher(variables, batch):
@@ -79,7 +79,7 @@ def test_a_folder_named_after_no_category_is_refused(config_and_folder, tmp_path
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(other / "unicorn" / name)
     config.selftrain.unlabeled_folder = str(other)
     with pytest.raises(ValueError, match=r"category folders \['unicorn'\]"):
-        unlabeled.draw_pairs(config, 1, tmp_path / "run")
+        sources.draw_unlabeled_pairs(config, 1, tmp_path / "run")
 
 
 def _photos(folder, categories: dict) -> None:
@@ -101,13 +101,13 @@ def test_the_copy_is_built_again_when_the_folder_changed(config_and_folder, tmp_
     config.selftrain.unlabeled_folder = str(photos)
     workdir = tmp_path / "run"
     with pytest.raises(ValueError, match=r"category folders \['unicorn'\]"):
-        unlabeled.draw_pairs(config, 1, workdir)
+        sources.draw_unlabeled_pairs(config, 1, workdir)
     copy = workdir / "unlabeled_images"
     assert len(folder_copy.listing(photos)["files"]) == 5
     assert json.loads((copy / folder_copy.SOURCE_FILE).read_text()) == folder_copy.listing(photos)
 
     shutil.rmtree(photos / "unicorn")  # the fix
-    pairs = unlabeled.draw_pairs(config, 1, workdir)
+    pairs = sources.draw_unlabeled_pairs(config, 1, workdir)
     assert {pairs[i]["category"] for i in range(len(pairs))} == {0}
     assert len(sources.prepare_unlabeled_folder(photos, copy).as_data_source("train")) == 3
 

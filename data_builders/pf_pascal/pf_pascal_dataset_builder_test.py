@@ -31,7 +31,9 @@ def builder(tmp_path_factory):
 
 
 def test_registered_name():
-    import data_builders  # noqa: F401  (registration happens on import)
+    import data_builders
+
+    data_builders.register()
 
     assert tfds.builder_cls("pf_pascal") is pf_pascal.PfPascal
 

@@ -36,7 +36,9 @@ def _examples(builder):
 
 
 def test_registered_name():
-    import data_builders  # noqa: F401  (registration happens on import)
+    import data_builders
+
+    data_builders.register()
 
     assert tfds.builder_cls("pf_willow") is pf_willow.PfWillow
 

@@ -32,7 +32,9 @@ def builder(tmp_path_factory):
 
 
 def test_registered_name():
-    import data_builders  # noqa: F401  (registration happens on import)
+    import data_builders
+
+    data_builders.register()
 
     assert tfds.builder_cls("spair71k") is spair.Spair71k
 

@@ -31,7 +31,9 @@ def clean_test_pairs(tmp_path_factory):
 
 
 def test_one_config_per_corruption_and_severity():
-    import data_builders  # noqa: F401  (registration happens on import)
+    import data_builders
+
+    data_builders.register()
 
     names = [config.name for config in spair_c.SpairC.BUILDER_CONFIGS]
     assert names == [f"{c}_{s}" for c in CORRUPTIONS for s in SEVERITIES]

@@ -23,7 +23,9 @@ def _build(folder: pathlib.Path, data_dir: pathlib.Path) -> folder_builder.Unlab
 
 
 def test_registered_name():
-    import data_builders  # noqa: F401  (registration happens on import)
+    import data_builders
+
+    data_builders.register()
 
     assert tfds.builder_cls("unlabeled_images") is folder_builder.UnlabeledImages
 

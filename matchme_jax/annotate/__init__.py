@@ -13,6 +13,10 @@ The names below load their module on first use, so that importing `matchme_jax.a
 
 import importlib
 
+# Who labels the unlabeled pairs (`config.selftrain.annotator`): the previous generation, or (a
+# diagnostic, never a default) the pairs' own annotation, the ceiling of any pseudo labels.
+ANNOTATORS = ("teacher", "oracle")
+
 # Public name -> the module of this package that defines it.
 _MODULES = {
     "make_annotate_step": "step",
@@ -39,7 +43,7 @@ _MODULES = {
     "save_tau_sweep": "store",
 }
 
-__all__ = sorted(_MODULES)
+__all__ = sorted([*_MODULES, "ANNOTATORS"])
 
 
 def __getattr__(name: str):

@@ -1,27 +1,26 @@
 """Opening the prepared TFDS datasets as random-access sources (no TensorFlow needed)."""
 
 import os
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from jax.experimental import multihost_utils
 
-import data_builders  # noqa: F401  (registers the project's builders with TFDS)
-from data_builders import common
+import data_builders
+from data_builders import GENERATED_DATASETS, NOT_SEEDED, SEEDED_DATASET, common
+from data_builders.common import training_images
 from data_builders.synthetic_correspondence import SyntheticCorrespondence
 from data_builders.synthetic_correspondence.synthetic_correspondence_dataset_builder import (
     seeded_config_name,
 )
 from matchme_jax import errors, parallel
-from matchme_jax.data import folder_copy
+from matchme_jax.data import folder_copy, unlabeled
 
-# Builders whose data is generated on the spot: preparing them needs nothing from outside,
-# so a run prepares them on first use instead of asking the user to.
-GENERATED_DATASETS = ("synthetic_correspondence",)
-# The one builder rendered from `config.dataset.generator_seed`; the others take seed 0 only.
-SEEDED_DATASET = SyntheticCorrespondence.name
-NOT_SEEDED = f"only dataset.name={SEEDED_DATASET!r} is rendered from a seed; use 0 (the default)"
+data_builders.register()
 
 
 def _builder(dataset_cfg) -> tfds.core.DatasetBuilder:
@@ -135,3 +134,88 @@ def file_stem(dataset_cfg) -> str:
 
 def category_names(dataset_cfg) -> list[str]:
     return list(prepare(dataset_cfg).info.features["category"].names)
+
+
+def draw_unlabeled_pairs(config, generation: int, workdir) -> unlabeled.Subset:
+    """The unlabeled pairs a generation's teacher annotates, drawn with a seed.
+
+    Args:
+        config: the run's config (`dataset`, `seed`, `selftrain`).
+        generation: the student generation (>= 1) the pairs are drawn for.
+        workdir: the run's folder (`"folder"` prepares the user's images inside it, so that two
+            runs on different folders never share one copy).
+
+    Returns:
+        An `unlabeled.Subset` whose `source` the pseudo labels' indices refer to.
+    """
+    dataset_cfg, n = config.dataset, config.selftrain.num_unlabeled_pairs
+    seed = [config.seed, generation]
+    if config.selftrain.unlabeled_pairs == "train_images":
+        builder = prepare(dataset_cfg)
+        pairs = _repaired_training_images(builder, dataset_cfg.train_split, n, seed)
+        return unlabeled.Subset(pairs, np.arange(len(pairs)))
+    if config.selftrain.unlabeled_pairs == "folder":
+        folder = prepare_unlabeled_folder(
+            config.selftrain.unlabeled_folder, Path(workdir) / "unlabeled_images"
+        )
+        pairs = _folder_image_pairs(folder, category_names(dataset_cfg), n, seed)
+        return unlabeled.Subset(pairs, np.arange(len(pairs)))
+    full = open_split(dataset_cfg, dataset_cfg.unlabeled_split)
+    rng = np.random.default_rng(seed)
+    indices = np.sort(rng.choice(len(full), min(n, len(full)), replace=False))
+    return unlabeled.Subset(full, indices)
+
+
+def _repaired_training_images(
+    builder, split: str, num_pairs: int, seed
+) -> unlabeled.SameCategoryPairs:
+    """New same-category pairs of the images of a benchmark split's annotated pairs."""
+    pairs_source = builder.as_data_source(split)
+    names = builder.info.features["category"].names
+    by_category = defaultdict(list)
+    for image in training_images(builder, split):
+        by_category[names.index(image.category)].append(image)
+
+    def read_image(image):
+        return pairs_source[image.pair_index][f"{image.side}_image"], image.bbox
+
+    return unlabeled.SameCategoryPairs(
+        by_category, read_image, num_pairs, seed, where=f"The {split!r} split"
+    )
+
+
+def _folder_image_pairs(
+    builder, categories: Sequence[str], num_pairs: int, seed
+) -> unlabeled.SameCategoryPairs:
+    """Same-category pairs of a prepared `unlabeled_images` dataset (the user's folder).
+
+    Args:
+        builder: the prepared `unlabeled_images` builder.
+        categories: the benchmark's categories, in label order; every subfolder of the
+            user's folder must be one of them.
+    """
+    images = builder.as_data_source("train")
+    # The categories, read without decoding every image.
+    undecoded = builder.as_data_source("train", decoders={"image": tfds.decode.SkipDecoding()})
+    by_category = defaultdict(list)
+    unknown = set()
+    for index in range(len(undecoded)):
+        category = undecoded[index]["category"]
+        category = category.decode() if isinstance(category, bytes) else category
+        if category in categories:
+            by_category[list(categories).index(category)].append(index)
+        else:
+            unknown.add(category)
+    if unknown:
+        raise ValueError(
+            f"config.selftrain.unlabeled_folder has category folders {sorted(unknown)} that the "
+            f"benchmark does not know; name each folder after one of {list(categories)}."
+        )
+
+    def read_image(index):
+        example = images[index]
+        return example["image"], example["bbox"]
+
+    return unlabeled.SameCategoryPairs(
+        by_category, read_image, num_pairs, seed, where="config.selftrain.unlabeled_folder"
+    )

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
+from data_builders.corruption_recipe import TABLE_ALPHA
 from matchme_jax import atomic, evaluate, progress
 from matchme_jax.data import sources
 from matchme_jax.data.corruptions import CorruptedPairs
 from matchme_jax.data.unlabeled import Subset
 
-TABLE_ALPHA = 0.1  # the corruption table reports PCK@0.1, as the SPair-C literature does
 # The file stem per dataset; other datasets get "<name>_c".
 STEMS = {"spair71k": "spair_c"}
 
