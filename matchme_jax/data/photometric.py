@@ -3,18 +3,23 @@
 The official albumentations set (grayscale, posterize, equalize, sharpen, brightness/contrast,
 solarize, colour jitter), each a pure function of its parameters, plus its random version that
 draws the parameters from a magnitude; `apply_photometric` runs them in the official order.
+dm-pix computes the ops whose semantics equal the official ones (tests/test_photometric.py checks
+both that and, for the hand-written rest, how dm-pix's namesake differs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
 from matchme_jax.data.strength import AugmentStrength, symmetric_uniform
 
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as OpenCV's and PIL's grayscale
+# ITU-R 601 weights, as OpenCV's and PIL's grayscale; dm-pix's rgb_to_grayscale uses TensorFlow's
+# 0.2989 for red, not 0.299.
+_LUMA = (0.299, 0.587, 0.114)
 
 
 def to_grayscale(image: jax.Array) -> jax.Array:
@@ -23,6 +28,7 @@ def to_grayscale(image: jax.Array) -> jax.Array:
     return jnp.broadcast_to(gray[..., None], image.shape)
 
 
+# dm-pix has no posterize, equalize or sharpen.
 def posterize(image: jax.Array, bits: jax.Array) -> jax.Array:
     """Keeps the top `bits` bits (1..8) of each 8-bit channel value."""
     step = 2.0 ** (8.0 - bits)
@@ -63,42 +69,18 @@ def sharpen(image: jax.Array, alpha: jax.Array, lightness: jax.Array) -> jax.Arr
 
 def brightness_contrast(image: jax.Array, brightness: jax.Array, contrast: jax.Array) -> jax.Array:
     """`x * (1 + contrast) + brightness`, clipped (albumentations RandomBrightnessContrast)."""
-    return jnp.clip(image * (1.0 + contrast) + brightness, 0.0, 1.0)
+    # Not pix.adjust_contrast: that blends with the per-channel mean, albumentations just scales.
+    return jnp.clip(pix.adjust_brightness(image * (1.0 + contrast), brightness), 0.0, 1.0)
 
 
 def solarize(image: jax.Array, threshold: jax.Array) -> jax.Array:
     """Inverts the values at or above `threshold`."""
-    return jnp.where(image >= threshold, 1.0 - image, image)
-
-
-def _rgb_to_hsv(image: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """[..., 3] RGB in [0, 1] -> hue (turns, [0, 1)), saturation, value, each [...]."""
-    red, green, blue = image[..., 0], image[..., 1], image[..., 2]
-    value = jnp.max(image, axis=-1)
-    chroma = value - jnp.min(image, axis=-1)
-    saturation = jnp.where(value > 0, chroma / jnp.where(value > 0, value, 1.0), 0.0)
-    safe = jnp.where(chroma > 0, chroma, 1.0)  # the where keeps 0/0 out of the unused branches
-    sector = jnp.where(
-        value == red,
-        (green - blue) / safe,
-        jnp.where(value == green, 2.0 + (blue - red) / safe, 4.0 + (red - green) / safe),
-    )
-    hue = jnp.where(chroma > 0, jnp.mod(sector / 6.0, 1.0), 0.0)
-    return hue, saturation, value
-
-
-def _hsv_to_rgb(hue: jax.Array, saturation: jax.Array, value: jax.Array) -> jax.Array:
-    """Inverse of `_rgb_to_hsv`: channel n in (5, 3, 1) is v - v s clip(min(k, 4 - k), 0, 1)."""
-    n = jnp.asarray([5.0, 3.0, 1.0])
-    k = jnp.mod(n + hue[..., None] * 6.0, 6.0)
-    ramp = jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
-    return value[..., None] * (1.0 - saturation[..., None] * ramp)
+    return pix.solarize(image, threshold)
 
 
 def shift_hue(image: jax.Array, delta: jax.Array) -> jax.Array:
-    """Rotates the hue by `delta` turns (1.0 is a full turn)."""
-    hue, saturation, value = _rgb_to_hsv(image)
-    return _hsv_to_rgb(jnp.mod(hue + delta, 1.0), saturation, value)
+    """Rotates the HSV hue by `delta` turns (1.0 is a full turn)."""
+    return pix.adjust_hue(image, delta)
 
 
 def color_jitter(
@@ -117,6 +99,8 @@ def color_jitter(
         saturation: factor blending with the grayscale image (1.0 keeps the image).
         hue: hue shift in turns.
     """
+    # dm-pix's adjust_brightness adds (not multiplies), adjust_contrast blends with the per-channel
+    # mean (not the gray mean) and adjust_saturation scales HSV saturation (not a gray blend).
     image = jnp.clip(image * brightness, 0.0, 1.0)
     mean = jnp.mean(to_grayscale(image)[..., 0])
     image = jnp.clip((image - mean) * contrast + mean, 0.0, 1.0)
