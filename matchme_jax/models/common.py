@@ -1,7 +1,9 @@
-"""What CATs and CATs++ share: field choices, initialisers, attention, input checks, flow head."""
+"""What the models share: field choices, initialisers, attention and the timm ViT attention and
+MLP (CATs' aggregator, DINOv2), input checks, the flow head."""
 
 from __future__ import annotations
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -122,3 +124,39 @@ def _einsum_attention(
     logits = jnp.einsum("bnhd,bmhd->bhnm", query, key).astype(logits_dtype) * scale
     probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
     return jnp.einsum("bhnm,bmhd->bnhd", probs, value)
+
+
+class Mlp(nn.Module):
+    """Linear -> exact GELU -> Linear (timm Mlp)."""
+
+    hidden: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """[..., E] -> [..., E]."""
+        dense = dict(kernel_init=trunc_normal_init, dtype=self.dtype)
+        y = nn.Dense(self.hidden, name="fc1", **dense)(x)
+        y = nn.gelu(y, approximate=False)
+        return nn.Dense(x.shape[-1], name="fc2", **dense)(y)
+
+
+class Attention(nn.Module):
+    """timm ViT multi-head self-attention: fused qkv Linear with bias, output Linear."""
+
+    num_heads: int
+    dtype: jnp.dtype = jnp.float32
+    attention: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """[B, N, E] -> [B, N, E]."""
+        b, n, e = x.shape
+        head_dim = e // self.num_heads
+        dense = dict(kernel_init=trunc_normal_init, dtype=self.dtype)
+        qkv = nn.Dense(3 * e, name="qkv", **dense)(x)
+        q, k, v = einops.rearrange(
+            qkv, "b n (three h d) -> three b n h d", three=3, h=self.num_heads
+        )
+        out = dot_product_attention(q, k, v, head_dim**-0.5, self.attention)
+        return nn.Dense(e, name="proj", **dense)(out.reshape(b, n, e))

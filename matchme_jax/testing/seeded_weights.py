@@ -10,6 +10,7 @@ folder:
 * draws are ``standard_normal(shape)`` (float64), scaled in float64, rounded once to float32;
 * the value depends on the key's last component and the shape, first matching rule:
   ``x_normal``/``y_normal`` -> ``linspace(-1, 1, n)``; ``*pos_embed*`` -> ``0.02 z``;
+  ``gamma`` (a LayerScale, DINOv2 ``blocks.<i>.ls1.gamma``) -> ``0.1 * (1 + 0.1 z)``;
   ndim >= 2 -> ``g * sqrt(2 / fan_in) * z`` with ``fan_in = prod(shape[1:])``;
   1-D ``weight`` -> ``g * (1 + 0.1 z)``; 1-D ``bias`` next to a 1-D ``weight`` (a norm layer)
   -> ``g * 0.1 z``; any other 1-D ``bias`` -> ``0.01 z``;
@@ -95,6 +96,9 @@ def make_param(
     gain = key_gain(key)
     if "pos_embed" in last:
         value = 0.02 * z
+    elif last == "gamma":
+        # The DINOv2 fixtures' rule for LayerScale, drawn from the key's own stream like the rest.
+        value = 0.1 * (1.0 + 0.1 * z)
     elif len(shape) >= 2:
         value = gain * np.sqrt(2.0 / int(np.prod(shape[1:]))) * z
     elif len(shape) == 1 and last == "weight":
