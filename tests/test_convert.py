@@ -314,11 +314,15 @@ def test_unreadable_checkpoints_fail_clearly(tmp_path):
 
 def test_converter_module_documents_its_public_api():
     assert set(convert.__all__) == {
+        "backbone_from_dinov2",
         "backbone_from_torchvision",
         "cats_from_torch",
         "cats_to_torch",
         "catspp_from_torch",
         "catspp_to_torch",
+        "dinov2_from_torch",
+        "dinov2_to_huggingface",
+        "dinov2_to_torch",
         "infer_cats_fields",
         "infer_catspp_fields",
         "load_state_dict_file",
