@@ -15,6 +15,9 @@
 #   catspp  the CATs++ train step at 512 px, batch 32/16/8, fp32 and bf16: XLA's planned memory
 #           (bench --compile_only; on the H200 the plan equalled the allocator peak for every
 #           CATs row).
+#   dinov2  CATs on DINOv2 ViT-B/14 (configs/spair_dinov2.py, random weights, 224 px, batch 32):
+#           train bf16 frozen and with the last 2 blocks fine-tuned, annotate bf16; then the
+#           planned memory (compile only) of ViT-L/14 frozen and with the last 2 blocks.
 # What the first H200 run (2026-12-04) taught: one train row compiles in 28-62 s there (XLA's
 # autotuning included), and 13 compilations in parallel processes on the one GPU had not
 # finished after 200 s, so the parts compile in turn. All of them need more than one 10-minute
@@ -34,7 +37,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TORCH_PY=${TORCH_PYTHON:-$PY}
-PARTS=${PARTS:-"cats torch input parity catspp"}
+PARTS=${PARTS:-"cats torch input parity catspp dinov2"}
 BUDGET_S=${BUDGET_S:-520}
 STEPS=${STEPS:-20}
 WARMUP=${WARMUP:-3}
@@ -42,6 +45,7 @@ BATCH=${BATCH:-32}
 SPAIR_CONFIG=${SPAIR_CONFIG:-configs/spair.py}
 CATSPP_CONFIG=${CATSPP_CONFIG:-configs/spair_catspp.py}
 CATSPP_BATCHES=${CATSPP_BATCHES:-"32 16 8"}
+DINOV2_CONFIG=${DINOV2_CONFIG:-configs/spair_dinov2.py}
 TORCH_DEVICE=${TORCH_DEVICE:-cuda}
 TORCH_BATCH=${TORCH_BATCH:-$BATCH}
 PARITY_MODELS=${PARITY_MODELS:-cats,catspp}
@@ -175,6 +179,19 @@ if wants catspp; then
                 echo "$name: exit $?" | tee -a "$log"
         done
     done
+fi
+
+# ---- dinov2 ----
+if wants dinov2; then
+    dinov2=(--config="$DINOV2_CONFIG" --batch_sizes="$BATCH" --steps="$STEPS" --warmup="$WARMUP")
+    row dinov2_b14_train_bf16_frozen 60 "${dinov2[@]}" --modes=train --precisions=bf16 \
+        --backbones=frozen
+    row dinov2_b14_train_bf16_last_blocks 60 "${dinov2[@]}" --modes=train --precisions=bf16 \
+        --backbones=last_blocks
+    row dinov2_b14_annotate_bf16 40 "${dinov2[@]}" --modes=annotate --precisions=bf16
+    row dinov2_l14_train_memory 60 "${dinov2[@]}" --compile_only --modes=train \
+        --precisions=bf16,fp32 --backbones=frozen,last_blocks --config.model.backbone=dinov2_vitl14 \
+        --config.model.hyperpixel_ids="(16,17,18,19,20,21,22,23)"
 fi
 
 # ---- results ----

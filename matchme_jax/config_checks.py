@@ -52,6 +52,8 @@ DEFAULT_FIELDS = {
     "selftrain.annotator": "teacher",
     "train.loss": "epe",
     "model.aggregator_init": "official",
+    "model.backbone_heads": 0,
+    "model.trainable_blocks": 0,
 }
 UNREAD_FIELDS = ("dataset.test_split", "dataset.validation_split", "corruptions.")
 
@@ -201,9 +203,12 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
     path = workdir / CONFIG_FILE
     current = json.loads(config.to_json())
     if path.exists():
-        saved = {**DEFAULT_FIELDS, **_flatten(atomic.read_json(path, fix=CONFIG_FILE_FIX))}
-        saved = {k: v for k, v in saved.items() if not k.startswith(UNREAD_FIELDS)}
         now = _flatten(current)
+        # A field added since takes its default; only where this config has it (a CATs field
+        # is no CATs++ field).
+        added = {k: v for k, v in DEFAULT_FIELDS.items() if k in now}
+        saved = {**added, **_flatten(atomic.read_json(path, fix=CONFIG_FILE_FIX))}
+        saved = {k: v for k, v in saved.items() if not k.startswith(UNREAD_FIELDS)}
         differ = sorted(
             k
             for k in set(saved) | set(now)

@@ -14,7 +14,7 @@ from ml_collections import config_dict
 import data_builders
 from data_builders.corruption_recipe import CORRUPTIONS, SEVERITIES
 from matchme_jax.data.augment import AugmentStrength
-from matchme_jax.models import MODEL_CLASSES, model_defaults
+from matchme_jax.models import MODEL_CLASSES, backbones, model_defaults
 
 
 def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -65,6 +65,22 @@ def use_catspp(config: ml_collections.ConfigDict) -> None:
     config.dataset.image_size = 512
     config.optim.head_lr = 3e-4
     config.optim.backbone_lr = 3e-6
+
+
+def use_dinov2(config: ml_collections.ConfigDict, backbone: str = "dinov2_vitb14") -> None:
+    """Switches `config` to CATs on a frozen DINOv2 ViT (a torch-hub entry name) at 224 px.
+
+    The ViT's 16 x 16 patch grid is CATs' own grid (14-px cells), and CATs taps blocks 4-11 (of
+    ViT-S/B's 12; any blocks for L and g). The KeypointToFlow box scales with the cell:
+    35 px for 16-px cells is 2 cells + 3 px, 31 px for 14-px ones. The weights:
+    `config.model.backbone_weights` (see configs/spair_dinov2.py).
+    """
+    config.model.backbone = backbone
+    config.model.hyperpixel_ids = tuple(range(4, 12))
+    config.model.feature_size = 16
+    config.model.freeze_backbone = True
+    config.dataset.image_size = 224
+    config.train.receptive_field = 31
 
 
 def augment_preset(name: str) -> ml_collections.ConfigDict:
@@ -225,10 +241,13 @@ REAL_DATA_WORKERS = 8
 def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
     """Makes `config` CPU-test sized (seconds): tiny images and backbone, a few steps.
 
-    CATs: 32-px images, a 3-block ResNet; CATs++: see `_shrink_catspp`.
+    CATs: 32-px images, a 3-block ResNet (a ViT backbone: `_shrink_vit`); CATs++: see
+    `_shrink_catspp`.
     """
     if config.model.name == "catspp":
         _shrink_catspp(config)
+    elif backbones.is_vit(config.model.backbone):
+        _shrink_vit(config)
     else:
         config.dataset.image_size = 32
         config.model.backbone = "custom"
@@ -245,6 +264,19 @@ def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
     config.selftrain.num_unlabeled_pairs = 8
     config.eval.batch_size = 4
     config.dataset.num_workers = 0  # a few tiny images: worker processes cost more than they save
+
+
+def _shrink_vit(config: ml_collections.ConfigDict) -> None:
+    """CATs on a tiny random DINOv2-architecture ViT: 56-px images, a 4 x 4 patch grid."""
+    config.dataset.image_size = 56
+    config.model.backbone = backbones.CUSTOM_VIT
+    config.model.backbone_blocks = (2,)
+    config.model.backbone_width = 32
+    config.model.backbone_heads = 2
+    config.model.hyperpixel_ids = (0, 1)
+    config.model.feature_size = 4
+    config.model.feature_proj_dim = 16
+    config.model.num_heads = 2
 
 
 def _shrink_catspp(config: ml_collections.ConfigDict) -> None:

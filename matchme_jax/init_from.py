@@ -9,6 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from matchme_jax import checkpoint, errors, parallel
+from matchme_jax.models import backbones
 
 # How much of a converter's mismatch list (hundreds of keys for a file of another model) an error
 # quotes.
@@ -104,23 +105,32 @@ def load_variables(config, like: dict) -> dict:
 
 
 def with_backbone_weights(config, variables: dict) -> dict:
-    """`variables` with the backbone replaced by `config.model.backbone_weights`."""
+    """`variables` with the backbone replaced by `config.model.backbone_weights`: torchvision
+    ResNet weights, or the official DINOv2 weights for a ViT backbone."""
     from matchme_jax import convert
 
+    vit = backbones.is_vit(config.model.backbone)
     path = Path(config.model.backbone_weights)
     if not path.is_file():
+        expected = (
+            "the official DINOv2 weights (e.g. dinov2_vitb14_pretrain.pth, or Hugging Face's "
+            "model.safetensors)"
+            if vit
+            else "torchvision's ResNet weights (e.g. resnet101-5d3b4d8f.pth, or the same as "
+            ".npz/.safetensors)"
+        )
         raise errors.MissingFileError(
-            f"config.model.backbone_weights={str(path)!r} is not a file; give torchvision's "
-            "ResNet weights (e.g. resnet101-5d3b4d8f.pth, or the same as .npz/.safetensors)."
+            f"config.model.backbone_weights={str(path)!r} is not a file; give {expected}."
         )
     state_dict = _read_weights("model.backbone_weights", path)
+    from_weights = convert.backbone_from_dinov2 if vit else convert.backbone_from_torchvision
     try:
-        backbone = convert.backbone_from_torchvision(state_dict, config.model)
-    except ValueError as e:  # missing or mis-shaped keys, all listed
+        backbone = from_weights(state_dict, config.model)
+    except ValueError as e:  # another size, or missing or mis-shaped keys, all listed
         raise _mismatch("model.backbone_weights", path, e) from e
     return {
-        collection: {**variables[collection], "backbone": backbone[collection]}
-        for collection in ("params", "batch_stats")
+        collection: {**tree, "backbone": backbone[collection]} if collection in backbone else tree
+        for collection, tree in variables.items()
     }
 
 

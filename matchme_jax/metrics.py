@@ -1,7 +1,8 @@
 """PCK metrics, keypoint transfer and PCK thresholds, following the official CATs protocol.
 
 Every function except `PCKAccumulator` is pure `jnp`, batched and jit-able (pass `image_size`
-and `mode` as static arguments). The official protocol (cats_reference.md §4) is:
+and `mode` as static arguments). The official protocol (CATs `test.py` and
+`utils_training/utils.py`) is:
 
 1. The model returns the flow on the TARGET feature grid pointing into the SOURCE image.
 2. `flow_to_keypoints(..., mode="official")` transfers the target keypoints to the source image.

@@ -130,6 +130,21 @@ def test_workdir_of_another_config_is_refused(tmp_path):
         config_checks.check_workdir(config, tmp_path)
 
 
+@pytest.mark.parametrize("spec", ["synthetic.py:tiny", "spair_catspp.py:tiny"])
+def test_a_workdir_saved_before_fields_were_added_continues(tmp_path, spec):
+    config = load(spec)
+    config_checks.check_workdir(config, tmp_path)
+    _computed(tmp_path)
+    path = tmp_path / config_checks.CONFIG_FILE
+    saved = json.loads(path.read_text())
+    for field, default in config_checks.DEFAULT_FIELDS.items():
+        section, name = field.split(".")
+        if saved[section].get(name) == default:  # as written before the field existed
+            del saved[section][name]
+    path.write_text(json.dumps(saved))
+    config_checks.check_workdir(config, tmp_path)
+
+
 def test_student_settings_may_change_until_a_student_generation_exists(tmp_path):
     """A run stopped by its teacher keeping no pseudo label at tau continues with a lower tau,
     without training the teacher again; once a student is computed, tau is the run's."""

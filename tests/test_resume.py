@@ -88,6 +88,11 @@ CHOSEN_KILLS = (
 
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory, tfds_dir):
+    return kill_environment(tmp_path_factory, tfds_dir)
+
+
+def kill_environment(tmp_path_factory, tfds_dir) -> tuple[dict, Path, str]:
+    """(subprocess env with a shared compilation cache, the kill hook script, the TFDS dir)."""
     cache = tmp_path_factory.mktemp("jax_cache")
     env = subprocess_env(
         JAX_COMPILATION_CACHE_DIR=str(cache),

@@ -4,6 +4,9 @@ r"""Throughput benchmark: the train step, the annotator and the host input pipel
         --modes=train,annotate --batch_sizes=32 --precisions=bf16,fp32 \
         --backbones=fine_tuned,frozen --steps=20 --warmup=3
 
+`--backbones`: the train rows' backbone, fine-tuned whole, frozen, or (a ViT) with only its last
+`config.model.trainable_blocks` blocks fine-tuned (`last_blocks`; 2 where the config sets none).
+
 One row per (mode, batch size, precision, backbone): pairs/s as the median over `--steps` timed
 calls after `--warmup` untimed ones (each call waits for the device, `block_until_ready`), the
 model FLOPs per pair from XLA's cost analysis of the lowered program, and the model FLOPs
@@ -44,13 +47,15 @@ from matchme_jax import parallel
 from matchme_jax.annotate.step import make_annotate_step
 from matchme_jax.data.augment import AugmentStrength
 from matchme_jax.models import build_model
+from matchme_jax.models.backbones import is_trainable
 from matchme_jax.peaks import peak_flops
 from matchme_jax.train.state import create_train_state, make_optimizer
 from matchme_jax.train.step import TrainStep
 
 MODES = ("train", "annotate", "input")
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
-BACKBONES = ("fine_tuned", "frozen")
+BACKBONES = ("fine_tuned", "frozen", "last_blocks")
+DEFAULT_LAST_BLOCKS = 2
 
 VERSIONED_PACKAGES = (
     "jax",
@@ -205,10 +210,13 @@ def _timed_summary(
     }
 
 
-def _model_config(config, precision: str, frozen: bool):
+def _model_config(config, precision: str, backbone: str):
     model_cfg = config.model.copy_and_resolve_references()
     model_cfg.dtype = PRECISIONS[precision]
-    model_cfg.freeze_backbone = frozen
+    model_cfg.freeze_backbone = backbone == "frozen"
+    if "trainable_blocks" in model_cfg:
+        last = model_cfg.trainable_blocks or DEFAULT_LAST_BLOCKS
+        model_cfg.trainable_blocks = last if backbone == "last_blocks" else 0
     return model_cfg
 
 
@@ -230,10 +238,14 @@ def train_row(
     profile_dir: str | None = None,
 ):
     """Times THE train step (augmentation, targets, forward, backward, AdamW) on random pairs."""
-    frozen = backbone == "frozen"
-    model_cfg = _model_config(config, precision, frozen)
+    model_cfg = _model_config(config, precision, backbone)
     model = build_model(model_cfg)
-    optimizer = make_optimizer(config.optim, total_steps=config.train.steps, freeze_backbone=frozen)
+    optimizer = make_optimizer(
+        config.optim,
+        total_steps=config.train.steps,
+        freeze_backbone=model_cfg.freeze_backbone,
+        trainable_backbone=functools.partial(is_trainable, model),
+    )
     train_step = TrainStep(
         model,
         optimizer,
@@ -283,7 +295,7 @@ def annotate_row(
     profile_dir: str | None = None,
 ):
     """Times the annotator's jitted step (eval-mode forward: flow and confidence)."""
-    model = build_model(_model_config(config, precision, frozen=False))
+    model = build_model(_model_config(config, precision, "fine_tuned"))
     size = config.dataset.image_size
     variables = parallel.replicate(_init_variables(model, size))
     batch = parallel.shard_batch(random_batch(batch_size, size, config.dataset.max_keypoints))

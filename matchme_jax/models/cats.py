@@ -18,19 +18,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from matchme_jax.models import correlation, resnet
+from matchme_jax.models import backbones, correlation, resnet
 from matchme_jax.models.common import (
     ATTENTION_IMPLEMENTATIONS,
-    BACKBONES,
     BN_MODES,
     DTYPES,
+    Attention,
+    Mlp,
     check_images,
-    dot_product_attention,
     linspace_init,
     soft_argmax_flow,
     trunc_normal_init,
 )
-from matchme_jax.models.resnet import ResNet, tap_channels
 
 LAYER_NORM_EPS = 1e-6
 # How the aggregator's output projection starts (`CATs.aggregator_init`).
@@ -67,42 +66,6 @@ def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
         matrix[out, low] += 1.0 - frac
         matrix[out, high] += frac
     return matrix
-
-
-class Mlp(nn.Module):
-    """Linear -> exact GELU -> Linear (timm Mlp)."""
-
-    hidden: int
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        """[..., E] -> [..., E]."""
-        dense = dict(kernel_init=trunc_normal_init, dtype=self.dtype)
-        y = nn.Dense(self.hidden, name="fc1", **dense)(x)
-        y = nn.gelu(y, approximate=False)
-        return nn.Dense(x.shape[-1], name="fc2", **dense)(y)
-
-
-class Attention(nn.Module):
-    """timm ViT multi-head self-attention: fused qkv Linear with bias, output Linear."""
-
-    num_heads: int
-    dtype: jnp.dtype = jnp.float32
-    attention: str = "auto"
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        """[B, N, E] -> [B, N, E]."""
-        b, n, e = x.shape
-        head_dim = e // self.num_heads
-        dense = dict(kernel_init=trunc_normal_init, dtype=self.dtype)
-        qkv = nn.Dense(3 * e, name="qkv", **dense)(x)
-        q, k, v = einops.rearrange(
-            qkv, "b n (three h d) -> three b n h d", three=3, h=self.num_heads
-        )
-        out = dot_product_attention(q, k, v, head_dim**-0.5, self.attention)
-        return nn.Dense(e, name="proj", **dense)(out.reshape(b, n, e))
 
 
 class MultiscaleBlock(nn.Module):
@@ -227,11 +190,21 @@ class CATs(nn.Module):
 
     Attributes:
         backbone: "resnet101", "resnet50" or "custom" (then ``backbone_blocks`` and
-            ``backbone_width`` define it).
-        backbone_blocks: bottlenecks per stage for a custom backbone.
-        backbone_width: stem channels of a custom backbone (stage i width: ``width * 2**i``).
-        hyperpixel_ids: strictly increasing tap ids (0: stem; k: k-th bottleneck, pre-ReLU).
-        feature_size: side of the correlation grid; every tap is resized to it.
+            ``backbone_width`` define it); or a DINOv2 ViT: a torch-hub entry ("dinov2_vits14",
+            "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14", each also with "_reg"), or
+            "dinov2_custom" (``backbone_width`` wide, ``backbone_blocks[0]`` blocks,
+            ``backbone_heads`` heads; for tests).
+        backbone_blocks: bottlenecks per stage for a custom ResNet; (depth,) for a custom ViT.
+        backbone_width: stem channels of a custom ResNet (stage i width: ``width * 2**i``); the
+            width of a custom ViT.
+        backbone_heads: attention heads of a custom ViT (the hub entries have their own).
+        hyperpixel_ids: strictly increasing tap ids. ResNet: 0 the stem, k the k-th bottleneck
+            (pre-ReLU). ViT: block indices, whose patch tokens after the final norm are the taps.
+        trainable_blocks: ViT only: fine-tune only the last this-many blocks that run (up to the
+            largest hyperpixel id) and the final norm, freezing the patch embedding and the
+            blocks before; 0 fine-tunes all (unless ``freeze_backbone``).
+        feature_size: side of the correlation grid; every tap is resized to it (a ViT's patch
+            grid, image size / 14, needs no resize when equal).
         feature_proj_dim: width of the appearance projection.
         depth: number of aggregator blocks.
         num_heads: attention heads; must divide ``feature_size**2 + feature_proj_dim``.
@@ -256,7 +229,9 @@ class CATs(nn.Module):
     backbone: str = "resnet101"
     backbone_blocks: tuple[int, ...] = (3, 4, 23, 3)
     backbone_width: int = 64
+    backbone_heads: int = 0
     hyperpixel_ids: tuple[int, ...] = (0, 8, 20, 21, 26, 28, 29, 30)
+    trainable_blocks: int = 0
     feature_size: int = 16
     feature_proj_dim: int = 128
     depth: int = 1
@@ -275,12 +250,13 @@ class CATs(nn.Module):
 
     @property
     def stage_blocks(self) -> tuple[int, ...]:
-        """Bottlenecks per stage of the whole backbone (not only the built part)."""
+        """ResNet backbones: bottlenecks per stage of the whole backbone (not only the built
+        part)."""
         return resnet.stage_blocks(self.backbone, self.backbone_blocks)
 
     @property
     def stem_width(self) -> int:
-        """Stem channels (64 for the torchvision ResNets)."""
+        """ResNet backbones: stem channels (64 for the torchvision ResNets)."""
         return resnet.stem_width(self.backbone, self.backbone_width)
 
     @property
@@ -290,16 +266,15 @@ class CATs(nn.Module):
 
     def setup(self) -> None:
         compute = jnp.dtype(self.dtype)
-        channels = tap_channels(self.stage_blocks, self.stem_width)
-        self.backbone_net = cats_backbone(self, name="backbone")
+        self.backbone_net = backbones.build(self, name="backbone")
         self.proj = [
             nn.Dense(
                 self.feature_proj_dim,
                 kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-                bias_init=_torch_linear_bias_init(channels[i]),
+                bias_init=_torch_linear_bias_init(channels),
                 dtype=compute,
             )
-            for i in self.hyperpixel_ids
+            for channels in backbones.tap_channels(self)
         ]
         self.decoder = TransformerAggregator(
             num_levels=len(self.hyperpixel_ids),
@@ -399,7 +374,13 @@ class CATs(nn.Module):
         return source_taps, self._hyperpixels(target, use_running_average)
 
     def _hyperpixels(self, images: jnp.ndarray, use_running_average: bool) -> list[jnp.ndarray]:
-        taps = self.backbone_net(images, use_running_average=use_running_average)
+        if backbones.is_vit(self.backbone):
+            layers = self.backbone_net.intermediate_layers(
+                images, self.hyperpixel_ids, frozen_blocks=backbones.frozen_blocks(self)
+            )
+            taps = [patch_tokens for patch_tokens, _ in layers]
+        else:
+            taps = self.backbone_net(images, use_running_average=use_running_average)
         taps = [resize_bilinear_align_corners(t, self.feature_size) for t in taps]
         if self.freeze_backbone:
             taps = [jax.lax.stop_gradient(t) for t in taps]
@@ -409,30 +390,9 @@ class CATs(nn.Module):
         return soft_argmax_flow(refined, self.x_normal, self.y_normal, self.beta, self.feature_size)
 
 
-def cats_backbone(model: CATs, name: str | None = None) -> ResNet:
-    """The backbone module of a CATs configuration (unbound when called outside a module)."""
-    return ResNet(
-        stage_blocks=model.stage_blocks,
-        tap_ids=tuple(model.hyperpixel_ids),
-        width=model.stem_width,
-        dtype=jnp.dtype(model.dtype),
-        name=name,
-    )
-
-
 def validate_cats_fields(model: CATs) -> None:
     """Raise one ValueError that lists every inconsistent CATs field."""
-    problems = []
-    if model.backbone not in BACKBONES:
-        problems.append(f"backbone={model.backbone!r}: use one of {BACKBONES}")
-    elif model.backbone == "custom":
-        blocks = tuple(model.backbone_blocks)
-        if not blocks or any(int(n) < 1 for n in blocks):
-            problems.append(f"backbone_blocks={blocks}: need >= 1 block in every stage")
-        if model.backbone_width < 1:
-            problems.append(f"backbone_width={model.backbone_width}: must be >= 1")
-    if not problems:
-        problems += _hyperpixel_problems(tuple(model.hyperpixel_ids), sum(model.stage_blocks))
+    problems = backbones.problems(model)
     if model.feature_size < 2:
         problems.append(f"feature_size={model.feature_size}: must be >= 2")
     if model.feature_proj_dim < 1:
@@ -463,13 +423,3 @@ def validate_cats_fields(model: CATs) -> None:
         problems.append(f"aggregator_init={model.aggregator_init!r}: use one of {AGGREGATOR_INITS}")
     if problems:
         raise ValueError("invalid CATs config: " + "; ".join(problems))
-
-
-def _hyperpixel_problems(ids: tuple[int, ...], num_blocks: int) -> list[str]:
-    if not ids:
-        return ["hyperpixel_ids is empty: give at least one tap id"]
-    if any(not 0 <= i <= num_blocks for i in ids):
-        return [f"hyperpixel_ids={ids}: ids must lie in [0, {num_blocks}] for this backbone"]
-    if any(a >= b for a, b in zip(ids[:-1], ids[1:], strict=True)):
-        return [f"hyperpixel_ids={ids}: ids must be strictly increasing"]
-    return []

@@ -1,5 +1,6 @@
 """The train state pytree and the two-learning-rate AdamW of the official CATs recipe."""
 
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -38,23 +39,40 @@ def learning_rate_schedule(base_lr: float, optim_cfg, total_steps: int) -> optax
     )
 
 
-def param_labels(params) -> dict[str, Any]:
-    """'backbone' for every parameter under the top-level `backbone` key, 'head' otherwise.
+# Path below `params/backbone` -> whether that parameter is fine-tuned (`backbones.is_trainable`).
+TrainableBackbone = Callable[[tuple[str, ...]], bool]
+
+
+def param_labels(params, trainable_backbone: TrainableBackbone | None = None) -> dict[str, Any]:
+    """'backbone' for every parameter under the top-level `backbone` key, 'head' otherwise;
+    'frozen' for the backbone parameters `trainable_backbone` says are not fine-tuned.
 
     The official code splits its AdamW groups by whether the torch name contains
     `feature_extraction`; the head group includes the trainable soft-argmax grids.
     """
-    return {
-        name: jax.tree.map(lambda _, n=name: "backbone" if n == "backbone" else "head", sub)
-        for name, sub in params.items()
-    }
+
+    def backbone_label(path, _) -> str:
+        names = tuple(key.key for key in path)
+        return "backbone" if trainable_backbone is None or trainable_backbone(names) else "frozen"
+
+    labels = {name: jax.tree.map(lambda _: "head", sub) for name, sub in params.items()}
+    if "backbone" in params:
+        labels["backbone"] = jax.tree_util.tree_map_with_path(backbone_label, params["backbone"])
+    return labels
 
 
-def make_optimizer(optim_cfg, *, total_steps: int, freeze_backbone: bool):
+def make_optimizer(
+    optim_cfg,
+    *,
+    total_steps: int,
+    freeze_backbone: bool,
+    trainable_backbone: TrainableBackbone | None = None,
+):
     """AdamW with decoupled weight decay on every trained parameter, one lr per group.
 
-    A frozen backbone gets no update at all (no weight decay either), as in the official code,
-    where parameters without a gradient are skipped by torch's AdamW.
+    A frozen backbone, and the parameters `trainable_backbone` rejects (a ViT's blocks before
+    the fine-tuned ones), get no update at all (no weight decay either), as in the official
+    code, where parameters without a gradient are skipped by torch's AdamW.
     """
 
     def adamw(base_lr: float) -> optax.GradientTransformation:
@@ -69,8 +87,9 @@ def make_optimizer(optim_cfg, *, total_steps: int, freeze_backbone: bool):
     transforms = {
         "head": adamw(optim_cfg.head_lr),
         "backbone": optax.set_to_zero() if freeze_backbone else adamw(optim_cfg.backbone_lr),
+        "frozen": optax.set_to_zero(),
     }
-    return optax.multi_transform(transforms, param_labels)
+    return optax.multi_transform(transforms, lambda p: param_labels(p, trainable_backbone))
 
 
 def learning_rates(optim_cfg, *, total_steps: int, freeze_backbone: bool):

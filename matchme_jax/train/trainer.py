@@ -1,5 +1,6 @@
 """Trains one generation: data, optimizer state and checkpoints around the shared train step."""
 
+import functools
 from pathlib import Path
 
 import jax
@@ -9,6 +10,7 @@ from absl import logging
 from matchme_jax import checkpoint, curves, parallel
 from matchme_jax.data import pipeline
 from matchme_jax.data.augment import AugmentStrength
+from matchme_jax.models.backbones import is_trainable
 from matchme_jax.train.loop import train_generation
 from matchme_jax.train.state import create_train_state, learning_rates, make_optimizer
 from matchme_jax.train.step import TrainStep
@@ -31,7 +33,9 @@ class GenerationTrainer:
         schedule = dict(
             total_steps=config.train.steps, freeze_backbone=config.model.freeze_backbone
         )
-        self.optimizer = make_optimizer(config.optim, **schedule)
+        self.optimizer = make_optimizer(
+            config.optim, **schedule, trainable_backbone=functools.partial(is_trainable, model)
+        )
         self._learning_rates = learning_rates(config.optim, **schedule)
         self.train_step = TrainStep(
             model,
