@@ -15,12 +15,12 @@ from safetensors.numpy import save_file
 
 from matchme_jax import convert
 from matchme_jax.convert import (
-    BACKBONE_PREFIX,
     backbone_from_torchvision,
     cats_from_torch,
     infer_cats_fields,
     load_state_dict_file,
 )
+from matchme_jax.convert.cats import BACKBONE_PREFIX
 from matchme_jax.testing.seeded_weights import fixture_state_dict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cats_depth1_seed0_compact.npz"
@@ -316,6 +316,7 @@ def test_converter_module_documents_its_public_api():
     assert set(convert.__all__) == {
         "backbone_from_dinov2",
         "backbone_from_torchvision",
+        "backbone_to_torchvision",
         "cats_from_torch",
         "cats_to_torch",
         "catspp_from_torch",

@@ -125,7 +125,9 @@ def test_unreadable_weight_files_are_named_with_the_fix(tmp_path, case):
     assert message.startswith(f"config.init_from: {path} is not a readable .")
     assert "it is damaged or cut short (" in message and "allow_pickle" not in message
     assert message.endswith("; download or save it again.") and "\n" not in message
-    config = ml_collections.ConfigDict({"model": {"backbone_weights": str(path)}})
+    config = ml_collections.ConfigDict(
+        {"model": {"backbone": "resnet101", "backbone_weights": str(path)}}
+    )
     with pytest.raises(errors.UserError, match=r"^config\.model\.backbone_weights: "):
         init_from.with_backbone_weights(config, variables=None)
 
