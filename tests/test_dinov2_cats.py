@@ -45,7 +45,7 @@ def _tiny_cats(**overrides):
 
 def _init(model, size: int = 56):
     images = jnp.zeros((1, size, size, 3), jnp.float32)
-    return model.init(jax.random.key(0), source=images, target=images)
+    return jax.jit(model.init)(jax.random.key(0), source=images, target=images)
 
 
 def test_the_vit_builds_only_the_blocks_up_to_the_last_tap():
@@ -57,6 +57,18 @@ def test_the_vit_builds_only_the_blocks_up_to_the_last_tap():
         "blocks_2",
     ]
     assert "batch_stats" not in _init(model)
+
+
+def test_bfloat16_runs_the_vit_blocks_in_bfloat16_with_float32_parameters():
+    _, model = _tiny_cats(dtype="bfloat16")
+    variables = _init(model)
+    assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype("float32")}
+    images = jax.random.normal(jax.random.key(2), (2, 56, 56, 3))
+    sown = jax.jit(lambda v, x: model.apply(v, x, x[::-1], mutable=["intermediates"])[1])
+    taps = sown(variables, images)["intermediates"]["source_feats"][0]
+    assert {t.dtype for t in taps} == {jnp.dtype("bfloat16")}
+    flow = jax.jit(model.apply)(variables, source=images, target=images[::-1])
+    assert flow.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(flow)))
 
 
 def _official_weights(depth: int, width: int = 32, heads: int = 2) -> dict[str, np.ndarray]:
@@ -121,7 +133,7 @@ def test_trainable_blocks_fine_tune_the_last_blocks_alone():
     def loss(p):
         return jnp.sum(model.apply({"params": p}, source=images, target=images[::-1]) ** 2)
 
-    grad = jax.grad(loss)(params)["backbone"]
+    grad = jax.jit(jax.grad(loss))(params)["backbone"]
     assert not np.any(np.asarray(grad["patch_embed"]["proj"]["kernel"]))
     assert not np.any(np.asarray(grad["blocks_1"]["attn"]["qkv"]["kernel"]))
     assert np.any(np.asarray(grad["blocks_2"]["attn"]["qkv"]["kernel"]))
@@ -141,7 +153,8 @@ def test_the_optimizer_freezes_exactly_what_gets_no_gradient(trainable_blocks):
     def loss(p):
         return jnp.sum(model.apply({"params": p}, source=images, target=images[::-1]) ** 2)
 
-    grads = jax.tree_util.tree_leaves_with_path(jax.grad(loss)(params)["backbone"])
+    grads = jax.jit(jax.grad(loss))(params)["backbone"]
+    grads = jax.tree_util.tree_leaves_with_path(grads)
     labels = param_labels(params, lambda path: backbones.is_trainable(model, path))["backbone"]
     labels = dict(jax.tree_util.tree_leaves_with_path(labels))
     for path, grad in grads:
