@@ -84,6 +84,8 @@ def load_variables(config, like: dict) -> dict:
     if not path.exists():
         raise errors.MissingFileError(f"config.init_from={str(path)!r} does not exist.")
     loaded = _from_our_checkpoint(path) if path.is_dir() else _from_official(path, config)
+    # The model's collections: a model without BatchNorm (a ViT backbone) has no batch_stats.
+    loaded = {collection: loaded.get(collection, {}) for collection in like}
     want = jax.tree_util.tree_flatten_with_path(like)[0]
     have = dict(jax.tree_util.tree_flatten_with_path(loaded)[0])
     problems = []

@@ -229,3 +229,15 @@ def test_killed_dinov2_run_ends_like_an_unbroken_run(tmp_path_factory, tfds_dir,
         json.loads((tmp_path / w / "results.json").read_text()) for w in ("unbroken", "killed")
     ]
     assert results[0]["generations"] == results[1]["generations"]
+
+
+def test_a_dinov2_pf_pascal_model_is_evaluated_on_pf_willow(tmp_path, tfds_dir):
+    pascal = load("pfpascal_dinov2.py:tiny")
+    pascal.dataset.data_dir = tfds_dir
+    pascal.mode = "train"  # the teacher alone
+    experiment.run(pascal, tmp_path / "pascal")
+    willow = load("pfwillow_dinov2.py:tiny")
+    willow.dataset.data_dir = tfds_dir
+    willow.init_from = str(tmp_path / "pascal" / "gen_0")
+    result = experiment.run(willow, tmp_path / "willow")["test"]
+    assert result["num_pairs"] > 0 and 0.0 <= result["pck@0.1"] <= 100.0
