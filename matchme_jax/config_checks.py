@@ -17,6 +17,8 @@ from matchme_jax.evaluators import TYPES as EVALUATOR_TYPES
 from matchme_jax.init_from import STUDENT_INITS
 from matchme_jax.metrics import THRESHOLDS
 from matchme_jax.models import build_model
+from matchme_jax.models.backbones import is_vit
+from matchme_jax.models.dinov2 import PATCH_SIZE
 from matchme_jax.results import RESULTS_FILE, SUMMARY_FIELDS, SUMMARY_FILE
 from matchme_jax.train.step import LOSSES
 
@@ -116,6 +118,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "dataset.image_size",
         f"CATs++ needs 16 x model.feature_size = {16 * config.model.feature_size} px "
         "(16-px cells); change one of the two",
+    )
+    vit = config.model.name == "cats" and is_vit(config.model.backbone)
+    need(
+        not vit or ds.image_size % PATCH_SIZE == 0,
+        "dataset.image_size",
+        f"a DINOv2 backbone needs a multiple of its {PATCH_SIZE}-px patches (224: a 16 x 16 grid)",
     )
     need(ds.max_keypoints >= 1, "dataset.max_keypoints", "1 or more")
     need(ds.num_workers >= 0, "dataset.num_workers", "0 or more")

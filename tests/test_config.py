@@ -105,6 +105,13 @@ def test_generator_seed_is_0_or_more_and_only_for_the_synthetic_benchmark():
     )
 
 
+def test_a_dinov2_image_size_is_a_multiple_of_its_patches():
+    config = load("spair_dinov2.py")
+    config.dataset.image_size = 256
+    with pytest.raises(ValueError, match=r"dataset.image_size=256: a DINOv2 backbone needs"):
+        config_checks.validate(config)
+
+
 def test_catspp_image_size_must_match_its_grid():
     config = load("spair_catspp.py")
     assert (config.dataset.image_size, config.model.feature_size) == (512, 32)

@@ -43,6 +43,7 @@ from matchme_jax.models.common import (
 from matchme_jax.models.pos_embed import keeps_pos_embed, pos_embed_resize_matrices
 
 LAYER_NORM_EPS = 1e-6
+PATCH_SIZE = 14  # every released DINOv2 model
 FFN_LAYERS = ("mlp", "swiglufused")
 
 
@@ -192,7 +193,7 @@ class DinoVisionTransformer(nn.Module):
     num_register_tokens: int = 0
     interpolate_antialias: bool = False
     interpolate_offset: float = 0.1
-    patch_size: int = 14
+    patch_size: int = PATCH_SIZE
     pos_embed_grid: int = 37
     dtype: str = "float32"
     attention: str = "auto"
