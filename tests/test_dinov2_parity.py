@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import flax.linen as nn
@@ -46,7 +47,7 @@ from matchme_jax.models.dinov2 import (
     SwiGLUFFN,
     swiglu_hidden_features,
 )
-from matchme_jax.models.pos_embed import interpolate_pos_embed, pos_embed_resize_matrices
+from matchme_jax.models.pos_embed import keeps_pos_embed, pos_embed_resize_matrices
 from matchme_jax.testing.seeded_weights import fixture_state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -149,6 +150,37 @@ def _errors(ours, ref) -> tuple[float, float]:
 
 
 # ---- fixture integrity ----
+
+
+def interpolate_pos_embed(
+    pos_embed: np.ndarray,
+    out_hw: tuple[int, int],
+    antialias: bool,
+    offset: float,
+    dtype: np.dtype = np.float32,
+) -> np.ndarray:
+    """The official ``interpolate_pos_encoding`` in numpy, the resize in ``dtype``.
+
+    Args:
+        pos_embed: [1, 1 + M*M, C], the parameter.
+        out_hw: (h, w) patch grid.
+        antialias, offset: the model's interpolation settings.
+        dtype: arithmetic of the resize: float32 as the official code, or float64 for the
+            exact resize.
+
+    Returns:
+        [1, 1 + h*w, C]: the cls position, then the patch positions row-major; ``pos_embed``
+        itself when the grid is the trained one.
+    """
+    _, n, c = pos_embed.shape
+    grid = math.isqrt(n - 1)
+    if keeps_pos_embed(grid, out_hw):
+        return pos_embed
+    rows, cols = pos_embed_resize_matrices(grid, tuple(out_hw), antialias, offset)
+    pos = np.asarray(pos_embed, dtype)
+    patch = np.einsum("hwc,pw->hpc", pos[0, 1:].reshape(grid, grid, c), cols.astype(dtype))
+    patch = np.einsum("oh,hpc->opc", rows.astype(dtype), patch)
+    return np.concatenate([pos[:, :1], patch.reshape(1, -1, c)], axis=1)
 
 
 def test_weights_are_regenerated_bit_for_bit(variant):

@@ -362,7 +362,8 @@ class CATs(nn.Module):
     ) -> tuple[list[jnp.ndarray], list[jnp.ndarray]]:
         """Backbone taps of both images, resized to the grid: two lists of [B, n, n, C_l]."""
         use_running_average = not train or self.bn_mode == "frozen"
-        if use_running_average and source.shape == target.shape:
+        per_sample = use_running_average or backbones.is_vit(self.backbone)  # a ViT has no BN
+        if per_sample and source.shape == target.shape:
             # Per-sample normalisation: one backbone call on both batches gives the same
             # features and compiles the backbone once.
             taps = self._hyperpixels(jnp.concatenate([source, target]), use_running_average)

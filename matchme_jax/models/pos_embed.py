@@ -132,34 +132,3 @@ def pos_embed_resize_matrices(
 def keeps_pos_embed(grid: int, out_hw: tuple[int, int]) -> bool:
     """Whether the official code uses the positional embedding unresized (a 518 x 518 input)."""
     return tuple(out_hw) == (grid, grid)
-
-
-def interpolate_pos_embed(
-    pos_embed: np.ndarray,
-    out_hw: tuple[int, int],
-    antialias: bool,
-    offset: float,
-    dtype: np.dtype = np.float32,
-) -> np.ndarray:
-    """The official ``interpolate_pos_encoding`` in numpy.
-
-    Args:
-        pos_embed: [1, 1 + M*M, C], the parameter.
-        out_hw: (h, w) patch grid.
-        antialias, offset: the model's interpolation settings.
-        dtype: arithmetic of the resize: float32 as the official code, or float64 for the
-            exact resize.
-
-    Returns:
-        [1, 1 + h*w, C]: the cls position, then the patch positions row-major; ``pos_embed``
-        itself when the grid is the trained one.
-    """
-    _, n, c = pos_embed.shape
-    grid = math.isqrt(n - 1)
-    if keeps_pos_embed(grid, out_hw):
-        return pos_embed
-    rows, cols = pos_embed_resize_matrices(grid, tuple(out_hw), antialias, offset)
-    pos = np.asarray(pos_embed, dtype)
-    patch = np.einsum("hwc,pw->hpc", pos[0, 1:].reshape(grid, grid, c), cols.astype(dtype))
-    patch = np.einsum("oh,hpc->opc", rows.astype(dtype), patch)
-    return np.concatenate([pos[:, :1], patch.reshape(1, -1, c)], axis=1)
