@@ -10,14 +10,24 @@ A study file's `get_study()` returns a dict:
   seeds:     {field: values}, e.g. {"seed": (0, 1)}; every cell runs once per combination.
 Each run is `python run.py --config=... --workdir=W/<cell>/<seeds> --config.<field>=<value> ...`
 (a workdir per run, so reruns continue or skip it). A run whose results.json is complete is
-skipped; an unfinished one continues where it stopped. At the end W/study.json holds every
+skipped; an unfinished one continues where it stopped.
+
+Runs that differ only in fields the teacher does not read (`STUDENT_ONLY_FIELDS`: the
+self-training and student augmentation settings) share one teacher: the first trains it, and its
+generation 0 (gen_0/, checkpoints and summary) is kept under the teachers folder (W/teachers/,
+or --teachers to share it between studies) and copied into the others' workdirs, where run.py
+resumes after it. A sweep over tau then compares the students of one teacher, and trains each
+teacher once. At the end W/study.json holds every
 run's per-generation PCK and pseudo-label statistics with the mean and standard deviation per
 cell, W/study.md the table and W/study.png the final PCK@0.1 per cell.
 """
 
+import hashlib
 import importlib.util
 import itertools
+import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +41,11 @@ from matchme_jax import atomic, results
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY_FILE, TABLE_FILE, PLOT_FILE = "study.json", "study.md", "study.png"
+TEACHERS_DIR = "teachers"
+# Config fields that generation 0 does not read: runs whose overrides differ only in these train
+# the same teacher. (An evaluator of the teacher whose settings they change, such as the
+# pseudo-label evaluator's tau, runs again in the run that reuses it.)
+STUDENT_ONLY_FIELDS = ("selftrain.", "augment.student.")
 
 
 def load_study(path: str | Path) -> dict:
@@ -66,8 +81,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
 
 
+def teacher_key(config: str, overrides: dict) -> str:
+    """Names the teacher of a run: its config and the overrides generation 0 reads."""
+    read = {
+        k: _flag_value(v) for k, v in overrides.items() if not k.startswith(STUDENT_ONLY_FIELDS)
+    }
+    return hashlib.sha256(json.dumps([config, read], sort_keys=True).encode()).hexdigest()[:16]
+
+
 def runs(study: dict) -> list[dict]:
-    """Every (cell, seeds) run: its label, seeds, relative workdir and override flags."""
+    """Every (cell, seeds) run: its label, seeds, relative workdir, override flags and the key of
+    its teacher (`teacher_key`)."""
     fields = list(study["seeds"])
     planned = []
     for cell, settings in study["cells"].items():
@@ -81,6 +105,7 @@ def runs(study: dict) -> list[dict]:
                     "seeds": seeds,
                     "workdir": Path(_slug(cell)) / name,
                     "flags": [f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()],
+                    "teacher": teacher_key(study["config"], overrides),
                 }
             )
     return planned
@@ -93,6 +118,35 @@ def finished(workdir: Path) -> dict | None:
         return None
     content = atomic.read_json(path, fix="delete it; the study then continues that run")
     return content if "train_step_compilations" in content else None
+
+
+def _teacher_done(gen_dir: Path) -> bool:
+    """Whether gen_dir holds a finished generation 0: its summary is written last."""
+    return (gen_dir / "summary.json").is_file()
+
+
+def _copy_teacher(source: Path, destination: Path) -> None:
+    """Copies a finished gen_0 folder; a half copy is never left under `destination`'s name."""
+    partial = destination.with_name(destination.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    partial.rename(destination)
+
+
+def share_teacher(run_dir: Path, shared: Path) -> None:
+    """Before a run: the shared teacher, when there is one, becomes the run's generation 0."""
+    if _teacher_done(shared) and not (run_dir / "gen_0").exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        logging.info("%s: generation 0 is the shared teacher %s", run_dir, shared)
+        _copy_teacher(shared, run_dir / "gen_0")
+
+
+def keep_teacher(run_dir: Path, shared: Path) -> None:
+    """After a run: its generation 0 becomes the shared teacher, when there is none yet."""
+    if _teacher_done(run_dir / "gen_0") and not _teacher_done(shared):
+        shutil.rmtree(shared, ignore_errors=True)  # an unfinished leftover
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        _copy_teacher(run_dir / "gen_0", shared)
 
 
 def run_one(config: str, workdir: Path, flags_: list[str]) -> dict:
@@ -143,7 +197,12 @@ def collect(study: dict, planned: list[dict], done: dict) -> dict:
         table["cells"][cell] = {
             "settings": study["cells"][cell],
             "runs": [
-                {"seeds": r["seeds"], "workdir": str(r["workdir"]), "generations": rows_}
+                {
+                    "seeds": r["seeds"],
+                    "workdir": str(r["workdir"]),
+                    "teacher": r["teacher"],
+                    "generations": rows_,
+                }
                 for r, rows_ in zip(cell_runs, rows, strict=True)
             ],
             "per_generation": summary,
@@ -210,21 +269,33 @@ def plot(table: dict, path: Path) -> None:
     figure.savefig(path, format="png")
 
 
-def run_study(study_path: str | Path, workdir: str | Path, runner=run_one) -> dict:
-    """Runs every unfinished run of the study, then writes study.json, .md and .png."""
+def run_study(
+    study_path: str | Path,
+    workdir: str | Path,
+    runner=run_one,
+    teachers: str | Path | None = None,
+) -> dict:
+    """Runs every unfinished run of the study, then writes study.json, .md and .png.
+
+    `teachers`: the folder of shared teachers (default W/teachers).
+    """
     study = load_study(study_path)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    teachers = Path(teachers) if teachers else workdir / TEACHERS_DIR
     planned = runs(study)
     done = {}
     for r in planned:
         run_dir = workdir / r["workdir"]
+        shared = teachers / r["teacher"] / "gen_0"
         previous = finished(run_dir)
         if previous is not None:
             logging.info("Skipping %s: finished.", run_dir)
             done[str(r["workdir"])] = previous
         else:
+            share_teacher(run_dir, shared)
             done[str(r["workdir"])] = runner(study["config"], run_dir, r["flags"])
+        keep_teacher(run_dir, shared)
     table = collect(study, planned, done)
     atomic.write_json(workdir / STUDY_FILE, table)
     atomic.write_text(workdir / TABLE_FILE, markdown(table) + "\n")
@@ -236,11 +307,14 @@ def run_study(study_path: str | Path, workdir: str | Path, runner=run_one) -> di
 def main(argv):
     del argv
     logging.set_verbosity(logging.INFO)
-    run_study(flags.FLAGS.study, flags.FLAGS.workdir)
+    run_study(flags.FLAGS.study, flags.FLAGS.workdir, teachers=flags.FLAGS.teachers)
 
 
 if __name__ == "__main__":
     flags.DEFINE_string("study", None, "A study file (configs/studies/*.py).")
     flags.DEFINE_string("workdir", None, "Folder of the study's runs and tables.")
+    flags.DEFINE_string(
+        "teachers", None, "Folder of the teachers runs share (default: <workdir>/teachers)."
+    )
     flags.mark_flags_as_required(["study", "workdir"])
     app.run(main)

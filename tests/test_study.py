@@ -79,6 +79,40 @@ def test_runs_each_cell_per_seed_and_skips_finished_runs(tmp_path):
     assert [str(c[1]) for c in calls] == ["tau=0.0/seed1"]
 
 
+def test_runs_that_differ_only_in_student_settings_share_their_teacher(tmp_path):
+    cells = {
+        "tau=0.5": {"selftrain.tau": 0.5},
+        "weak student": {"selftrain.tau": 0.7, "augment.student.crop_p": 0.5},
+        "beta=0.1": {"model.beta": 0.1},  # the teacher reads it: a teacher of its own
+    }
+    path = _write_study(tmp_path / "s.py", cells=cells)
+    trained = []
+
+    def runner(config, workdir, flags):
+        gen_0 = workdir / "gen_0"
+        if not gen_0.exists():  # run.py trains generation 0 only when it is not there
+            gen_0.mkdir(parents=True)
+            (gen_0 / "summary.json").write_text(json.dumps({"trained_in": str(workdir)}))
+            trained.append(str(workdir.relative_to(tmp_path / "W")))
+        (workdir / "results.json").write_text(json.dumps(_fake_results(0, 0.5)))
+        return _fake_results(0, 0.5)
+
+    table = study.run_study(path, tmp_path / "W", runner=runner)
+    assert trained == ["tau=0.5/seed0", "tau=0.5/seed1", "beta=0.1/seed0", "beta=0.1/seed1"]
+    copied = json.loads((tmp_path / "W/weak_student/seed1/gen_0/summary.json").read_text())
+    assert copied == {"trained_in": str(tmp_path / "W/tau=0.5/seed1")}
+    keys = {c: [r["teacher"] for r in e["runs"]] for c, e in table["cells"].items()}
+    assert keys["tau=0.5"] == keys["weak student"]
+    assert len(set(keys["tau=0.5"] + keys["beta=0.1"])) == 4
+    assert not list((tmp_path / "W" / study.TEACHERS_DIR).glob("*/*.partial"))
+
+    # Another study pointed at the same teachers folder reuses them too.
+    other = _write_study(tmp_path / "o.py", cells={"tau=0.9": {"selftrain.tau": 0.9}})
+    trained.clear()
+    study.run_study(other, tmp_path / "W2", runner=runner, teachers=tmp_path / "W/teachers")
+    assert trained == []
+
+
 def test_a_bad_study_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such.py"):
         study.load_study(tmp_path / "no_such.py")
@@ -87,15 +121,27 @@ def test_a_bad_study_file_is_named(tmp_path):
         study.load_study(tmp_path / "empty.py")
 
 
-def test_a_real_tiny_run_takes_the_flags(tmp_path, tfds_dir):
+def test_a_real_tiny_run_takes_the_flags_and_resumes_after_a_shared_teacher(tmp_path, tfds_dir):
     path = _write_study(
         tmp_path / "s.py",
-        cells={"one generation": {"selftrain.generations": 1}},
+        cells={"one generation": {"selftrain.generations": 1}, "tau": {"selftrain.tau": 0.1}},
         overrides={"dataset.data_dir": tfds_dir},
     )
-    planned = study.runs(study.load_study(path))[:1]
-    run_dir = tmp_path / "W" / planned[0]["workdir"]
-    done = study.run_one("configs/synthetic.py:tiny", run_dir, planned[0]["flags"])
+    first, second = (r for r in study.runs(study.load_study(path)) if r["seeds"]["seed"] == 0)
+    run_dir = tmp_path / "W" / first["workdir"]
+    done = study.run_one("configs/synthetic.py:tiny", run_dir, first["flags"])
     assert [g["generation"] for g in done["generations"]] == [0, 1]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["seed"] == 0 and config["dataset"]["data_dir"] == tfds_dir
+
+    # The second cell's run starts from the first's teacher and trains only its students.
+    assert second["teacher"] == first["teacher"]
+    shared = tmp_path / "teachers" / first["teacher"] / "gen_0"
+    study.keep_teacher(run_dir, shared)
+    other_dir = tmp_path / "W" / second["workdir"]
+    study.share_teacher(other_dir, shared)
+    log = (other_dir / "gen_0" / "train_log.jsonl").read_text()
+    other = study.run_one("configs/synthetic.py:tiny", other_dir, second["flags"])
+    assert (other_dir / "gen_0" / "train_log.jsonl").read_text() == log  # not trained again
+    assert other["generations"][0]["test"] == done["generations"][0]["test"]
+    assert len(other["generations"]) == 3 and other["train_step_compilations"] == 1

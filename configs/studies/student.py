@@ -1,7 +1,12 @@
-"""The student's augmentation (weak vs strong) and initialisation (same as the teacher's, or
-the teacher's weights), and the forward-backward consistency check on vs off.
+"""The student's augmentation (weak instead of strong), its initialisation (the teacher's weights
+instead of the teacher's initialisation), and the forward-backward consistency check (0.5 cells).
 
-    python -m matchme_jax.study --study=configs/studies/student.py --workdir=W
+    python -m matchme_jax.study --study=configs/studies/student.py --workdir=W \\
+        --teachers=T
+
+One student generation per run. The default student (strong augmentation, the teacher's
+initialisation, no check) is the tau=0.7 cell of configs/studies/tau.py; run both studies with
+the same --teachers folder and every cell learns from the same teacher per seed.
 """
 
 from matchme_jax import defaults
@@ -11,12 +16,11 @@ def get_study() -> dict:
     weak = {f"augment.student.{k}": v for k, v in defaults.augment_preset("weak").items()}
     return dict(
         config="configs/synthetic.py",
-        overrides={},
+        overrides={"selftrain.generations": 1},
         cells={
-            "strong augmentation (default)": {},
             "weak augmentation": weak,
             "student from the teacher": {"selftrain.student_init": "teacher"},
-            "consistency check (1 cell)": {"selftrain.consistency_radius": 1.0},
+            "consistency check (0.5 cells)": {"selftrain.consistency_radius": 0.5},
         },
         seeds={"seed": (0, 1)},
     )

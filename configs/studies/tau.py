@@ -1,13 +1,16 @@
-"""The confidence threshold tau: final-student PCK@0.1, pseudo points and their precision.
+"""The confidence threshold tau: the student's PCK@0.1, its pseudo points and their precision.
 
-python -m matchme_jax.study --study=configs/studies/tau.py --workdir=W
+    python -m matchme_jax.study --study=configs/studies/tau.py --workdir=W
+
+One student generation per run; the cells share each seed's teacher (study.py), so they compare
+students of the very same teacher.
 """
 
 
 def get_study() -> dict:
     return dict(
         config="configs/synthetic.py",
-        overrides={},
+        overrides={"selftrain.generations": 1},
         cells={f"tau={tau}": {"selftrain.tau": tau} for tau in (0.1, 0.3, 0.5, 0.7, 0.9)},
         seeds={"seed": (0, 1)},
     )
