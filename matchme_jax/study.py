@@ -82,11 +82,19 @@ def _slug(text: str) -> str:
 
 
 def teacher_key(config: str, overrides: dict) -> str:
-    """Names the teacher of a run: its config and the overrides generation 0 reads."""
+    """Names the teacher of a run: its config (name and the text of its file and of the defaults
+    it builds on, so that an edited config trains a new teacher) and the overrides generation 0
+    reads. Code changes are not in it: after one, give the studies a new --teachers folder."""
     read = {
         k: _flag_value(v) for k, v in overrides.items() if not k.startswith(STUDENT_ONLY_FIELDS)
     }
-    return hashlib.sha256(json.dumps([config, read], sort_keys=True).encode()).hexdigest()[:16]
+    texts = [_text(ROOT / config.split(":")[0]), _text(ROOT / "matchme_jax" / "defaults.py")]
+    content = json.dumps([config, texts, read], sort_keys=True)
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
 
 
 def runs(study: dict) -> list[dict]:
