@@ -81,26 +81,28 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
 
 
-def teacher_key(config: str, overrides: dict) -> str:
-    """Names the teacher of a run: its config (name and the text of its file and of the defaults
-    it builds on, so that an edited config trains a new teacher) and the overrides generation 0
-    reads. Code changes are not in it: after one, give the studies a new --teachers folder."""
+def config_texts(config: str) -> list[str]:
+    """The text of the config's file and of the defaults it builds on ("" where absent)."""
+    paths = (ROOT / config.split(":")[0], ROOT / "matchme_jax" / "defaults.py")
+    return [p.read_text() if p.is_file() else "" for p in paths]
+
+
+def teacher_key(config: str, texts: list[str], overrides: dict) -> str:
+    """Names the teacher of a run: its config (name and `config_texts`, so that an edited config
+    trains a new teacher) and the overrides generation 0 reads. Code changes are not in it: after
+    one, give the studies a new --teachers folder."""
     read = {
         k: _flag_value(v) for k, v in overrides.items() if not k.startswith(STUDENT_ONLY_FIELDS)
     }
-    texts = [_text(ROOT / config.split(":")[0]), _text(ROOT / "matchme_jax" / "defaults.py")]
     content = json.dumps([config, texts, read], sort_keys=True)
     return hashlib.sha256(content.encode()).hexdigest()[:16]
-
-
-def _text(path: Path) -> str:
-    return path.read_text() if path.is_file() else ""
 
 
 def runs(study: dict) -> list[dict]:
     """Every (cell, seeds) run: its label, seeds, relative workdir, override flags and the key of
     its teacher (`teacher_key`)."""
     fields = list(study["seeds"])
+    texts = config_texts(study["config"])
     planned = []
     for cell, settings in study["cells"].items():
         for values in itertools.product(*(study["seeds"][f] for f in fields)):
@@ -113,7 +115,7 @@ def runs(study: dict) -> list[dict]:
                     "seeds": seeds,
                     "workdir": Path(_slug(cell)) / name,
                     "flags": [f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()],
-                    "teacher": teacher_key(study["config"], overrides),
+                    "teacher": teacher_key(study["config"], texts, overrides),
                 }
             )
     return planned

@@ -13,6 +13,7 @@ import pytest
 from safetensors.numpy import save_file
 from test_config import load
 from test_resume import ROOT, _run, kill_environment
+from test_spair_tiny import pascal_teacher_on_willow
 
 from matchme_jax import convert, errors, experiment, init_from
 from matchme_jax.models import backbones, build_model, dinov2
@@ -232,12 +233,7 @@ def test_killed_dinov2_run_ends_like_an_unbroken_run(tmp_path_factory, tfds_dir,
 
 
 def test_a_dinov2_pf_pascal_model_is_evaluated_on_pf_willow(tmp_path, tfds_dir):
-    pascal = load("pfpascal_dinov2.py:tiny")
-    pascal.dataset.data_dir = tfds_dir
-    pascal.mode = "train"  # the teacher alone
-    experiment.run(pascal, tmp_path / "pascal")
-    willow = load("pfwillow_dinov2.py:tiny")
-    willow.dataset.data_dir = tfds_dir
-    willow.init_from = str(tmp_path / "pascal" / "gen_0")
-    result = experiment.run(willow, tmp_path / "willow")["test"]
+    result = pascal_teacher_on_willow(
+        tmp_path, tfds_dir, "pfpascal_dinov2.py:tiny", "pfwillow_dinov2.py:tiny"
+    )
     assert result["num_pairs"] > 0 and 0.0 <= result["pck@0.1"] <= 100.0

@@ -32,15 +32,21 @@ def test_spair_tiny_trains_a_teacher_and_a_student(tmp_path, tfds_dir):
     assert (tmp_path / "eval_run" / "eval" / "spair71k_test.md").exists()
 
 
-def test_pf_pascal_model_is_evaluated_on_pf_willow(tmp_path, tfds_dir):
-    config = load("pfpascal.py:tiny")
+def pascal_teacher_on_willow(tmp_path, tfds_dir, pascal: str, willow: str) -> dict:
+    """Trains the PF-PASCAL config's teacher alone, then evaluates it with the PF-WILLOW config;
+    the latter's `test` result."""
+    config = load(pascal)
     config.dataset.data_dir = tfds_dir
     config.mode = "train"  # the teacher alone
     experiment.run(config, tmp_path / "pascal")
-    willow = load("pfwillow.py:tiny")
-    willow.dataset.data_dir = tfds_dir
-    willow.init_from = str(tmp_path / "pascal" / "gen_0")
-    result = experiment.run(willow, tmp_path / "willow")["test"]
+    evaluation = load(willow)
+    evaluation.dataset.data_dir = tfds_dir
+    evaluation.init_from = str(tmp_path / "pascal" / "gen_0")
+    return experiment.run(evaluation, tmp_path / "willow")["test"]
+
+
+def test_pf_pascal_model_is_evaluated_on_pf_willow(tmp_path, tfds_dir):
+    result = pascal_teacher_on_willow(tmp_path, tfds_dir, "pfpascal.py:tiny", "pfwillow.py:tiny")
     assert result["threshold"] == "willow_cats" and result["direction"] == "target->source"
     saved = json.loads((tmp_path / "willow" / "eval" / "pf_willow_test.json").read_text())
     assert saved["num_pairs"] == result["num_pairs"] > 0
