@@ -51,6 +51,7 @@ STUDENT_PREFIXES = ("selftrain.", "augment.student.")
 # run reads (the evaluation splits and SPair-C settings, now in `evals`).
 DEFAULT_FIELDS = {
     "dataset.generator_seed": 0,
+    "dataset.train_pairs": None,
     "selftrain.annotator": "teacher",
     "train.loss": "epe",
     "model.aggregator_init": "official",
@@ -128,6 +129,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(ds.max_keypoints >= 1, "dataset.max_keypoints", "1 or more")
     need(ds.num_workers >= 0, "dataset.num_workers", "0 or more")
     need(ds.generator_seed >= 0, "dataset.generator_seed", "0 or more")
+    need(ds.train_pairs is None or ds.train_pairs >= 1, "dataset.train_pairs", "1 or more, or None")
     need(ds.generator_seed == 0 or ds.name == SEEDED_DATASET, "dataset.generator_seed", NOT_SEEDED)
     for field in ("steps", "batch_size", "log_every", "checkpoint_every"):
         need(tr[field] >= 1, f"train.{field}", "1 or more")

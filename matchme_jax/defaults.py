@@ -126,6 +126,9 @@ def base_config() -> ml_collections.ConfigDict:
             image_size=256,  # square canvas the images are resized to (the official 256-px frame)
             max_keypoints=40,  # keypoints are padded to this many, with a mask
             train_split="train",
+            # Labeled pairs read from train_split: N of them, one fixed random draw (None: all).
+            # Fewer labels, the regime semi-supervision is for; the rest of the split is unused.
+            train_pairs=config_dict.placeholder(int),
             unlabeled_split="unlabeled",
             num_workers=0,  # grain worker processes; 0 reads in the main process
         )

@@ -17,7 +17,13 @@ PLOT_FILE = "pck_per_generation.png"
 # The per-generation fields of results.json (the evaluators' names are added to them).
 GENERATION_FIELDS = ("generation", "role", "pseudo_labels")
 # The other fields of a generation's summary.json; no evaluator may take one of these names.
-SUMMARY_FIELDS = (*GENERATION_FIELDS, "pseudo_label_details", "train_steps", "wall_time_s")
+SUMMARY_FIELDS = (
+    *GENERATION_FIELDS,
+    "pseudo_label_details",
+    "labeled_pairs",
+    "train_steps",
+    "wall_time_s",
+)
 PSEUDO_LABEL_FIELDS = (
     "annotator",
     "pairs",

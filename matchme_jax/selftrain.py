@@ -50,7 +50,7 @@ def _run(config, workdir: Path, board: curves.Curves) -> dict:
     )
     evals = build_evaluators.from_config(config, model, workdir, annotate_step=annotate_step)
     init = init_from.initial_variables(config, model)
-    labeled = sources.open_split(config.dataset, config.dataset.train_split)
+    labeled = sources.labeled_pairs(config.dataset)
     generations = config.selftrain.generations if config.mode == "selftrain" else 0
     report = {"dataset": sources.full_name(config.dataset), "generations": []}
     results_path = workdir / results.RESULTS_FILE
@@ -70,7 +70,15 @@ def _run(config, workdir: Path, board: curves.Curves) -> dict:
         start_from = init_from.generation_start(config, g, init, teacher)
         variables = trainer.train(g, start_from, training, weights, role)
         gen_dir = workdir / f"gen_{g}"
-        summary = _summary(gen_dir, evals, variables, g, role, stats, start, config, board)
+        header = {
+            "generation": g,
+            "role": role,
+            "pseudo_labels": results.public_pseudo_label_stats(stats),
+            "pseudo_label_details": stats,
+            "labeled_pairs": len(labeled),
+            "train_steps": config.train.steps,
+        }
+        summary = _summary(gen_dir, evals, variables, header, start, board)
         report["generations"].append({k: summary[k] for k in (*results.GENERATION_FIELDS, *evals)})
         results.write_grown(results_path, earlier, report)
         teacher = variables
@@ -86,8 +94,10 @@ def _run(config, workdir: Path, board: curves.Curves) -> dict:
     return report
 
 
-def _summary(gen_dir: Path, evals: dict, variables, g, role, stats, start, config, board) -> dict:
+def _summary(gen_dir: Path, evals: dict, variables, header: dict, start, board) -> dict:
     """The generation's summary.json, with every evaluator's result.
+
+    `header`: what a new summary starts with (how the generation was trained).
 
     A finished generation's summary is reused; an evaluator it lacks, or whose settings changed,
     is run now and added. What is new (the pseudo-label statistics of a new summary, the headline
@@ -100,13 +110,7 @@ def _summary(gen_dir: Path, evals: dict, variables, g, role, stats, start, confi
         summary = atomic.read_json(path, fix="delete it; the run evaluates that generation again")
     new_curves = {}
     if summary is None:
-        summary = {
-            "generation": g,
-            "role": role,
-            "pseudo_labels": results.public_pseudo_label_stats(stats),
-            "pseudo_label_details": stats,
-            "train_steps": config.train.steps,
-        }
+        summary = dict(header)
         new_curves["pseudo_labels"] = summary["pseudo_labels"]  # None for a teacher
     changed = False
     for name, evaluator in evals.items():
@@ -121,7 +125,7 @@ def _summary(gen_dir: Path, evals: dict, variables, g, role, stats, start, confi
         changed = True
     if "wall_time_s" not in summary:
         summary["wall_time_s"] = round(time.perf_counter() - start, 1)
-    board.write(curves.GENERATIONS_RUN, g, new_curves)
+    board.write(curves.GENERATIONS_RUN, summary["generation"], new_curves)
     board.flush()
     if changed or not path.exists():
         results.write(path, summary)

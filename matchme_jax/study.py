@@ -187,6 +187,9 @@ def _row(results_: dict) -> dict:
     return rows
 
 
+_TEST = "test_pck@0.1"
+
+
 def _mean_std(values: list) -> dict:
     values = [v for v in values if v is not None]
     if not values:
@@ -204,6 +207,14 @@ def collect(study: dict, planned: list[dict], done: dict) -> dict:
         generations = min(len(r) for r in rows)
         for key in ("test_pck@0.1", "validation_pck@0.1", "pseudo_points", "precision@0.1"):
             summary[key] = [_mean_std([r[g][key] for r in rows]) for g in range(generations)]
+        # Final generation against its own run's teacher, seed by seed: the mechanism's measure.
+        gains = {}
+        for split in ("test", "validation"):
+            key = f"{split}_pck@0.1"
+            gains[split] = _mean_std(
+                [None if r[0][key] is None else r[generations - 1][key] - r[0][key] for r in rows]
+            )
+        gains["smallest_test"] = min(r[generations - 1][_TEST] - r[0][_TEST] for r in rows)
         table["cells"][cell] = {
             "settings": study["cells"][cell],
             "runs": [
@@ -216,6 +227,7 @@ def collect(study: dict, planned: list[dict], done: dict) -> dict:
                 for r, rows_ in zip(cell_runs, rows, strict=True)
             ],
             "per_generation": summary,
+            "final_gain": gains,
         }
     return table
 
@@ -229,19 +241,22 @@ def _pm(stat: dict, digits: int = 2) -> str:
 
 def markdown(table: dict) -> str:
     """Two tables, mean ± std over seeds: per cell the teacher's and the final generation's
-    numbers; then every generation of every cell."""
+    numbers, and the final generation's gain over its teacher (smallest: of the worst seed);
+    then every generation of every cell."""
     lines = [
-        "| cell | seeds | teacher PCK@0.1 | final PCK@0.1 | final val PCK@0.1 | final pseudo "
-        "points | final precision@0.1 |",
-        "|---|---|---|---|---|---|---|",
+        "| cell | seeds | teacher PCK@0.1 | final PCK@0.1 | gain | smallest gain | "
+        "final val PCK@0.1 | val gain | final pseudo points | final precision@0.1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cell, entry in table["cells"].items():
-        s = entry["per_generation"]
+        s, gain = entry["per_generation"], entry["final_gain"]
         last = len(s["test_pck@0.1"]) - 1
         lines.append(
             f"| {cell} | {len(entry['runs'])} | {_pm(s['test_pck@0.1'][0])} | "
-            f"{_pm(s['test_pck@0.1'][last])} | {_pm(s['validation_pck@0.1'][last])} | "
-            f"{_pm(s['pseudo_points'][last], 0)} | {_pm(s['precision@0.1'][last])} |"
+            f"{_pm(s['test_pck@0.1'][last])} | {_pm(gain['test'])} | "
+            f"{gain['smallest_test']:+.2f} | {_pm(s['validation_pck@0.1'][last])} | "
+            f"{_pm(gain['validation'])} | {_pm(s['pseudo_points'][last], 0)} | "
+            f"{_pm(s['precision@0.1'][last])} |"
         )
     lines += [
         "",

@@ -63,6 +63,7 @@ def test_bad_values_are_listed_in_one_error():
     config.selftrain.query = "everywhere"
     config.train.steps = 0
     config.train.loss = "l2"
+    config.dataset.train_pairs = 0
     config.selftrain.consistency_radius = -1.0
     config.selftrain.unlabeled_pairs = "folder"
     config.selftrain.unlabeled_folder = "/no/such/folder"
@@ -82,6 +83,7 @@ def test_bad_values_are_listed_in_one_error():
         "selftrain.query='everywhere'",
         "train.steps=0",
         "train.loss='l2': one of ('epe', 'cross_entropy')",
+        "dataset.train_pairs=0: 1 or more, or None",
         "selftrain.consistency_radius=-1.0",
         "selftrain.unlabeled_folder='/no/such/folder'",
     ):
@@ -181,11 +183,16 @@ def test_workdir_of_another_generator_seed_is_refused_older_ones_are_seed_0(tmp_
     config_checks.check_workdir(config, tmp_path)
     saved = json.loads((tmp_path / config_checks.CONFIG_FILE).read_text())
     del saved["dataset"]["generator_seed"]  # as written before the field existed
+    del saved["dataset"]["train_pairs"]
     (tmp_path / config_checks.CONFIG_FILE).write_text(json.dumps(saved))
     _computed(tmp_path)
     config_checks.check_workdir(config, tmp_path)
     config.dataset.generator_seed = 3
     with pytest.raises(ValueError, match=r"dataset.generator_seed: 0 -> 3"):
+        config_checks.check_workdir(config, tmp_path)
+    config.dataset.generator_seed = 0
+    config.dataset.train_pairs = 4  # older workdirs read every labeled pair
+    with pytest.raises(ValueError, match=r"dataset.train_pairs: None -> 4"):
         config_checks.check_workdir(config, tmp_path)
 
 

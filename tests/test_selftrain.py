@@ -10,6 +10,7 @@ from test_config import load
 from test_curves import read_scalars
 
 from matchme_jax import convert, curves, errors, experiment, init_from, results
+from matchme_jax.data import sources
 from matchme_jax.models import build_model
 from matchme_jax.train.state import learning_rates
 
@@ -43,6 +44,30 @@ def test_results_json_has_every_generation(tiny_run):
         assert stats["pairs"] >= 1 and stats["points"] >= stats["pairs"]
         assert 0.0 <= stats["mean_confidence"] <= 1.0
         assert 0.0 <= stats["precision@0.1"] <= 100.0  # the generator knows the truth
+
+
+def test_every_generation_trains_on_every_labeled_pair_by_default(tiny_run):
+    config, workdir, results = tiny_run
+    for g in results["generations"]:
+        summary = json.loads((workdir / f"gen_{g['generation']}" / "summary.json").read_text())
+        assert summary["labeled_pairs"] == 10  # the tiny train split
+
+
+def test_train_pairs_is_one_fixed_draw_of_the_labeled_split(tfds_dir):
+    config = load("synthetic.py:tiny")
+    config.dataset.data_dir = tfds_dir
+    split = sources.open_split(config.dataset, "train")
+    config.dataset.train_pairs = 4
+    kept = [example["pair_id"] for example in sources.labeled_pairs(config.dataset)]
+    config.seed = 7  # the same pairs for every training seed
+    assert [example["pair_id"] for example in sources.labeled_pairs(config.dataset)] == kept
+    ids = [split[i]["pair_id"] for i in range(len(split))]
+    assert len(set(kept)) == 4 and set(kept) < set(ids)
+    assert kept == sorted(kept, key=ids.index)  # in the split's order
+    assert kept != ids[:4]  # a random draw: real splits list their pairs category by category
+    config.dataset.train_pairs = 11
+    with pytest.raises(errors.UserError, match=r"train_pairs=11, .* has only 10 pairs; set it to"):
+        sources.labeled_pairs(config.dataset)
 
 
 def test_one_checkpoint_directory_per_generation(tiny_run):
@@ -128,11 +153,16 @@ def test_the_oracle_student_learns_the_unlabeled_pairs_true_keypoints(tmp_path, 
     config.dataset.data_dir = tfds_dir
     config.selftrain.generations = 1
     config.selftrain.annotator = "oracle"
+    config.dataset.train_pairs = 3  # and fewer labeled pairs
     student = experiment.run(config, tmp_path)["generations"][1]
     stats = student["pseudo_labels"]
     assert stats["annotator"] == "oracle" and stats["precision@0.1"] == 100.0
     assert stats["pairs"] == config.selftrain.num_unlabeled_pairs  # every drawn pair has keypoints
     assert not (tmp_path / "gen_1" / "tau_sweep.json").exists()  # no confidence to sweep
+    for g in (0, 1):
+        assert (
+            json.loads((tmp_path / f"gen_{g}" / "summary.json").read_text())["labeled_pairs"] == 3
+        )
 
 
 def _fresh_variables(config):

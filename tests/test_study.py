@@ -26,7 +26,7 @@ def _fake_results(seed: int, tau: float) -> dict:
             {
                 "generation": g,
                 "role": "teacher" if g == 0 else "student",
-                "test": {"pck@0.1": 10.0 + g + seed + tau},
+                "test": {"pck@0.1": 10.0 + g * (1 + seed) + seed + tau},
                 "validation": {"pck@0.1": 20.0 + g},
                 "pseudo_labels": None if g == 0 else {"points": 100 * g, "precision@0.1": 50.0},
             }
@@ -60,12 +60,17 @@ def test_runs_each_cell_per_seed_and_skips_finished_runs(tmp_path):
     assert calls[0][0] == "configs/synthetic.py:tiny"
     assert calls[3][2] == ["--config.selftrain.tau=0.5", "--config.seed=1"]
     final = table["cells"]["tau=0.5"]["per_generation"]["test_pck@0.1"][2]
-    assert final == {"mean": pytest.approx(13.0), "std": pytest.approx(0.5), "n": 2}
+    assert final == {"mean": pytest.approx(14.0), "std": pytest.approx(1.5), "n": 2}
+    gain = table["cells"]["tau=0.5"]["final_gain"]  # seed 0: 12.5 - 10.5; seed 1: 15.5 - 11.5
+    assert gain["test"] == {"mean": pytest.approx(3.0), "std": pytest.approx(1.0), "n": 2}
+    assert gain["smallest_test"] == pytest.approx(2.0)
+    assert gain["validation"]["mean"] == pytest.approx(2.0)
     assert table["cells"]["tau=0.0"]["per_generation"]["pseudo_points"][0]["n"] == 0
     for name in (study.STUDY_FILE, study.TABLE_FILE, study.PLOT_FILE):
         assert (tmp_path / "W" / name).stat().st_size > 0
     assert (
-        "| tau=0.5 | 2 | 11.00 ± 0.50 | 13.00 ± 0.50 |" in (tmp_path / "W" / "study.md").read_text()
+        "| tau=0.5 | 2 | 11.00 ± 0.50 | 14.00 ± 1.50 | 3.00 ± 1.00 | +2.00 | 22.00 ± 0.00 | "
+        "2.00 ± 0.00 |" in (tmp_path / "W" / "study.md").read_text()
     )
 
     # Rerun: every run is finished, nothing runs again; an unfinished one (no

@@ -316,7 +316,7 @@ def input_row(config, batch_size: int, batches: int, warmup: int) -> dict:
 
     dataset_cfg = config.dataset
     iterator = pipeline.training_iterator(
-        [sources.open_split(dataset_cfg, dataset_cfg.train_split)],
+        [sources.labeled_pairs(dataset_cfg)],
         [1.0],
         dataset_cfg,
         batch_size=batch_size,

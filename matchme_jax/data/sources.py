@@ -22,6 +22,8 @@ from matchme_jax.data import folder_copy, unlabeled
 
 data_builders.register()
 
+LABELED_DRAW_SEED = 0  # which pairs `dataset.train_pairs` keeps (`labeled_pairs`)
+
 
 def _builder(dataset_cfg) -> tfds.core.DatasetBuilder:
     name = dataset_cfg.name
@@ -119,6 +121,27 @@ def open_split(dataset_cfg, split: str):
             f"it has {sorted(builder.info.splits)}."
         )
     return builder.as_data_source(split=split)
+
+
+def labeled_pairs(dataset_cfg):
+    """The labeled pairs training reads: `train_split`, or `train_pairs` of its pairs.
+
+    The N pairs are a random draw from a fixed seed, the same in every run (whatever
+    `config.seed`), so that runs differ only in training; a random draw, not the first N, as
+    real splits list their pairs category by category.
+    """
+    split = open_split(dataset_cfg, dataset_cfg.train_split)
+    n = dataset_cfg.train_pairs
+    if n is None:
+        return split
+    if n > len(split):
+        raise errors.UserError(
+            f"config.dataset.train_pairs={n}, but the {dataset_cfg.train_split!r} split of "
+            f"{dataset_cfg.name} has only {len(split)} pairs; set it to {len(split)} or fewer "
+            "(or leave it unset to read them all)."
+        )
+    indices = np.random.default_rng(LABELED_DRAW_SEED).choice(len(split), n, replace=False)
+    return unlabeled.Subset(split, np.sort(indices))
 
 
 def full_name(dataset_cfg) -> str:
