@@ -57,6 +57,7 @@ DEFAULT_FIELDS = {
     "model.aggregator_init": "official",
     "model.backbone_heads": 0,
     "model.trainable_blocks": 0,
+    "model.dilated_stages": [],
 }
 UNREAD_FIELDS = ("dataset.test_split", "dataset.validation_split", "corruptions.")
 

@@ -73,6 +73,7 @@ class Classifier(nn.Module):
     stage_blocks: tuple[int, ...]
     width: int
     num_classes: int
+    dilated_stages: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(self, images: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -81,6 +82,7 @@ class Classifier(nn.Module):
             stage_blocks=self.stage_blocks,
             tap_ids=(sum(self.stage_blocks),),
             width=self.width,
+            dilated_stages=self.dilated_stages,
             name="backbone",
         )
         (features,) = backbone(images, use_running_average=not train)
@@ -95,6 +97,7 @@ def classifier(config: ml_collections.ConfigDict) -> Classifier:
         stage_blocks=stage_blocks(model_cfg.backbone, tuple(model_cfg.backbone_blocks)),
         width=stem_width(model_cfg.backbone, model_cfg.backbone_width),
         num_classes=config.data.num_classes,
+        dilated_stages=tuple(model_cfg.get("dilated_stages", ())),
     )
 
 

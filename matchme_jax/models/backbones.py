@@ -95,6 +95,7 @@ def build(model, name: str | None = None) -> nn.Module:
         tap_ids=tuple(model.hyperpixel_ids),
         width=resnet.stem_width(model.backbone, model.backbone_width),
         dtype=dtype,
+        dilated_stages=tuple(model.dilated_stages),
         name=name,
     )
 
@@ -122,6 +123,16 @@ def problems(model) -> list[str]:
     if found:
         return found
     found += _tap_problems(tuple(model.hyperpixel_ids), num_tap_ids(model), model.backbone)
+    dilated = tuple(model.dilated_stages)
+    if dilated and is_vit(model.backbone):
+        found.append(f"dilated_stages={dilated}: a ViT has no strided stages; use ()")
+    elif dilated:
+        stages = len(resnet.stage_blocks(model.backbone, model.backbone_blocks))
+        if any(not 1 <= s < stages for s in dilated) or list(dilated) != sorted(set(dilated)):
+            found.append(
+                f"dilated_stages={dilated}: increasing stage indices in [1, {stages - 1}] "
+                "(stage 0 has no stride to replace)"
+            )
     if model.trainable_blocks:
         if not is_vit(model.backbone):
             found.append("trainable_blocks applies to ViT backbones; a ResNet fine-tunes whole")

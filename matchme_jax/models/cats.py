@@ -200,6 +200,10 @@ class CATs(nn.Module):
         backbone_heads: attention heads of a custom ViT (the hub entries have their own).
         hyperpixel_ids: strictly increasing tap ids. ResNet: 0 the stem, k the k-th bottleneck
             (pre-ReLU). ViT: block indices, whose patch tokens after the final norm are the taps.
+        dilated_stages: ResNet stages (1 = layer2, ...) whose stride is replaced by dilation
+            (torchvision's ``replace_stride_with_dilation``): their taps keep the previous
+            stage's resolution, with the same parameters. Not in the official code; for small
+            images, whose deepest taps would otherwise be a few cells wide.
         trainable_blocks: ViT only: fine-tune only the last this-many blocks that run (up to the
             largest hyperpixel id) and the final norm, freezing the patch embedding and the
             blocks before; 0 fine-tunes all (unless ``freeze_backbone``).
@@ -231,6 +235,7 @@ class CATs(nn.Module):
     backbone_width: int = 64
     backbone_heads: int = 0
     hyperpixel_ids: tuple[int, ...] = (0, 8, 20, 21, 26, 28, 29, 30)
+    dilated_stages: tuple[int, ...] = ()
     trainable_blocks: int = 0
     feature_size: int = 16
     feature_proj_dim: int = 128

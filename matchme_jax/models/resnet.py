@@ -51,13 +51,16 @@ def tap_channels(stage_blocks: Sequence[int], width: int) -> tuple[int, ...]:
     return tuple(channels)
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: jnp.dtype, name: str) -> nn.Conv:
-    pad = (kernel - 1) // 2
+def _conv(
+    features: int, kernel: int, stride: int, dtype: jnp.dtype, name: str, dilation: int = 1
+) -> nn.Conv:
+    pad = dilation * (kernel - 1) // 2
     return nn.Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
+        kernel_dilation=(dilation, dilation),
         use_bias=False,
         kernel_init=_conv_init,
         dtype=dtype,
@@ -66,12 +69,14 @@ def _conv(features: int, kernel: int, stride: int, dtype: jnp.dtype, name: str) 
 
 
 class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (stride here, v1.5) -> 1x1 (x4) bottleneck; returns the pre-ReLU sum."""
+    """1x1 -> 3x3 (stride and dilation here, v1.5) -> 1x1 (x4) bottleneck; returns the pre-ReLU
+    sum."""
 
     width: int
     stride: int
     project_shortcut: bool
     dtype: jnp.dtype = jnp.float32
+    dilation: int = 1
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, use_running_average: bool) -> jnp.ndarray:
@@ -79,7 +84,7 @@ class Bottleneck(nn.Module):
         bn = BatchNorm
         out = _conv(self.width, 1, 1, self.dtype, "conv1")(x)
         out = nn.relu(bn(dtype=self.dtype, name="bn1")(out, use_running_average))
-        out = _conv(self.width, 3, self.stride, self.dtype, "conv2")(out)
+        out = _conv(self.width, 3, self.stride, self.dtype, "conv2", self.dilation)(out)
         out = nn.relu(bn(dtype=self.dtype, name="bn2")(out, use_running_average))
         out = _conv(self.width * EXPANSION, 1, 1, self.dtype, "conv3")(out)
         out = bn(dtype=self.dtype, name="bn3")(out, use_running_average)
@@ -100,12 +105,18 @@ class ResNet(nn.Module):
         width: stem channels; stage i has bottleneck width ``width * 2**i``.
         tap_ids: strictly increasing tap ids (see the module docstring).
         dtype: compute dtype.
+        dilated_stages: stages (1 = layer2, ...) whose stride 2 is replaced by dilation, as
+            torchvision's `replace_stride_with_dilation`: such a stage keeps the resolution of
+            the one before, its later 3x3 convolutions dilated to see as far as before. The
+            parameters are the same, so strided weights load unchanged; with one dilated stage,
+            its taps sampled at every other position are the strided network's.
     """
 
     stage_blocks: tuple[int, ...]
     tap_ids: tuple[int, ...]
     width: int = 64
     dtype: jnp.dtype = jnp.float32
+    dilated_stages: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(self, images: jnp.ndarray, use_running_average: bool) -> list[jnp.ndarray]:
@@ -124,18 +135,22 @@ class ResNet(nn.Module):
         taps = [x] if 0 in self.tap_ids else []
         last = max(self.tap_ids)
         block_id = 0
+        dilation = 1
         widths = stage_widths(self.stage_blocks, self.width)
         for stage, (blocks, width) in enumerate(zip(self.stage_blocks, widths, strict=True)):
+            previous, stage_stride = dilation, 2 if stage > 0 else 1
+            if stage in self.dilated_stages:
+                dilation, stage_stride = dilation * stage_stride, 1
             for index in range(blocks):
                 block_id += 1
                 if block_id > last:
                     return taps
-                stride = 2 if stage > 0 and index == 0 else 1
                 block = Bottleneck(
                     width=width,
-                    stride=stride,
+                    stride=stage_stride if index == 0 else 1,
                     project_shortcut=index == 0,
                     dtype=self.dtype,
+                    dilation=previous if index == 0 else dilation,
                     name=f"layer{stage + 1}_{index}",
                 )
                 pre_relu = block(x, use_running_average)
