@@ -41,6 +41,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.backbone_blocks = (1, 1, 2)
     config.model.backbone_width = 16
     config.model.hyperpixel_ids = (0, 2, 3, 4)
+    # The last stage dilated instead of strided (torchvision's replace_stride_with_dilation, the
+    # same pretrained weights): its taps, 4 x 4 at 64 px otherwise, reach the 8 x 8 grid without
+    # upsampling. Untrained: 21.2 PCK@0.1 on validation against 16.0; trained teachers (seeds 0
+    # and 1): 19.15 against 17.11 validation, 19.40 against 16.93 test.
+    config.model.dilated_stages = (2,)
     config.model.feature_size = 8
     config.model.feature_proj_dim = 32
     config.model.num_heads = 4
