@@ -25,6 +25,9 @@ def test_backbone_and_canvas_are_the_benchmark_configs():
     config, synthetic = _config(), defaults.load_config_file(ROOT / "configs" / "synthetic.py")
     assert synthetic.model.backbone_weights.endswith("weights/synthetic_backbone.npz")
     synthetic.model.backbone_weights = None  # the pretraining makes them
+    # Pretrained strided, dilated where used: the same weights.
+    assert config.model.dilated_stages == () and synthetic.model.dilated_stages == (2,)
+    synthetic.model.dilated_stages = ()
     assert config.model.to_dict() == synthetic.model.to_dict()
     assert config.data.image_size == synthetic.dataset.image_size
     from data_builders.synthetic_correspondence import SyntheticCorrespondence
