@@ -187,7 +187,18 @@ def _row(results_: dict) -> dict:
     return rows
 
 
-_TEST = "test_pck@0.1"
+def _gains(rows: list, last: int) -> dict:
+    """Generation `last` against its own run's teacher, seed by seed: the mechanism's measure."""
+
+    def gain(run: list, key: str) -> float | None:
+        return None if run[0][key] is None else run[last][key] - run[0][key]
+
+    test = [gain(r, "test_pck@0.1") for r in rows]
+    return {
+        "test": _mean_std(test),
+        "validation": _mean_std([gain(r, "validation_pck@0.1") for r in rows]),
+        "smallest_test": min(test),
+    }
 
 
 def _mean_std(values: list) -> dict:
@@ -207,14 +218,6 @@ def collect(study: dict, planned: list[dict], done: dict) -> dict:
         generations = min(len(r) for r in rows)
         for key in ("test_pck@0.1", "validation_pck@0.1", "pseudo_points", "precision@0.1"):
             summary[key] = [_mean_std([r[g][key] for r in rows]) for g in range(generations)]
-        # Final generation against its own run's teacher, seed by seed: the mechanism's measure.
-        gains = {}
-        for split in ("test", "validation"):
-            key = f"{split}_pck@0.1"
-            gains[split] = _mean_std(
-                [None if r[0][key] is None else r[generations - 1][key] - r[0][key] for r in rows]
-            )
-        gains["smallest_test"] = min(r[generations - 1][_TEST] - r[0][_TEST] for r in rows)
         table["cells"][cell] = {
             "settings": study["cells"][cell],
             "runs": [
@@ -227,7 +230,7 @@ def collect(study: dict, planned: list[dict], done: dict) -> dict:
                 for r, rows_ in zip(cell_runs, rows, strict=True)
             ],
             "per_generation": summary,
-            "final_gain": gains,
+            "final_gain": _gains(rows, generations - 1),
         }
     return table
 
