@@ -58,6 +58,7 @@ DEFAULT_FIELDS = {
     "model.backbone_heads": 0,
     "model.trainable_blocks": 0,
     "model.dilated_stages": [],
+    "model.mirror_invariant_taps": False,
 }
 UNREAD_FIELDS = ("dataset.test_split", "dataset.validation_split", "corruptions.")
 

@@ -207,6 +207,12 @@ class CATs(nn.Module):
         trainable_blocks: ViT only: fine-tune only the last this-many blocks that run (up to the
             largest hyperpixel id) and the final norm, freezing the patch embedding and the
             blocks before; 0 fine-tunes all (unless ``freeze_backbone``).
+        mirror_invariant_taps: each tap, resized to the grid, is the element-wise maximum of
+            the image's features and of its mirror image's features mirrored back, so a part and
+            its mirror image get the same descriptor and objects facing opposite ways match.
+            The backbone runs on both orientations (one call; with batch statistics they are
+            pooled over both). Not in the official code; for a backbone whose features tell
+            left-facing parts from right-facing ones, on pairs that often face opposite ways.
         feature_size: side of the correlation grid; every tap is resized to it (a ViT's patch
             grid, image size / 14, needs no resize when equal).
         feature_proj_dim: width of the appearance projection.
@@ -237,6 +243,7 @@ class CATs(nn.Module):
     hyperpixel_ids: tuple[int, ...] = (0, 8, 20, 21, 26, 28, 29, 30)
     dilated_stages: tuple[int, ...] = ()
     trainable_blocks: int = 0
+    mirror_invariant_taps: bool = False
     feature_size: int = 16
     feature_proj_dim: int = 128
     depth: int = 1
@@ -380,6 +387,21 @@ class CATs(nn.Module):
         return source_taps, self._hyperpixels(target, use_running_average)
 
     def _hyperpixels(self, images: jnp.ndarray, use_running_average: bool) -> list[jnp.ndarray]:
+        """[B, H, W, 3] -> one [B, n, n, C_l] per tap, at the grid's size."""
+        if self.mirror_invariant_taps:
+            b = images.shape[0]
+            both = self._grid_taps(
+                jnp.concatenate([images, jnp.flip(images, axis=2)]), use_running_average
+            )
+            # The mirror image's taps, mirrored back, describe the same cells.
+            taps = [jnp.maximum(t[:b], jnp.flip(t[b:], axis=2)) for t in both]
+        else:
+            taps = self._grid_taps(images, use_running_average)
+        if self.freeze_backbone:
+            taps = [jax.lax.stop_gradient(t) for t in taps]
+        return taps
+
+    def _grid_taps(self, images: jnp.ndarray, use_running_average: bool) -> list[jnp.ndarray]:
         if backbones.is_vit(self.backbone):
             layers = self.backbone_net.intermediate_layers(
                 images, self.hyperpixel_ids, frozen_blocks=backbones.frozen_blocks(self)
@@ -387,10 +409,7 @@ class CATs(nn.Module):
             taps = [patch_tokens for patch_tokens, _ in layers]
         else:
             taps = self.backbone_net(images, use_running_average=use_running_average)
-        taps = [resize_bilinear_align_corners(t, self.feature_size) for t in taps]
-        if self.freeze_backbone:
-            taps = [jax.lax.stop_gradient(t) for t in taps]
-        return taps
+        return [resize_bilinear_align_corners(t, self.feature_size) for t in taps]
 
     def _flow(self, refined: jnp.ndarray) -> jnp.ndarray:
         return soft_argmax_flow(refined, self.x_normal, self.y_normal, self.beta, self.feature_size)
