@@ -112,10 +112,28 @@ def _optimizer(optim_cfg: ml_collections.ConfigDict, steps: int) -> optax.Gradie
     return optax.adamw(schedule, weight_decay=optim_cfg.weight_decay, mask=decay_mask)
 
 
-def _augment(rng: np.random.Generator, images: np.ndarray, pad: int) -> np.ndarray:
-    """Random horizontal flip and a random shift of up to `pad` pixels (edge padding)."""
-    flip = rng.uniform(size=len(images)) < 0.5
+def _augment(
+    rng: np.random.Generator, images: np.ndarray, train_cfg: ml_collections.ConfigDict
+) -> np.ndarray:
+    """[B, S, S, 3] uint8: a random horizontal flip, colour changes, a random shift.
+
+    The colour changes (`train_cfg.permute_channels`: the channels in a random order; then grey
+    with probability `train_cfg.grayscale_p`) leave the classes told apart by shape: the
+    generator gives each category its typical colours, which a classifier would otherwise learn
+    to rely on and the features to match by. The shift is up to `train_cfg.shift_pixels`
+    pixels, with edge padding.
+    """
+    n = len(images)
+    flip = rng.uniform(size=n) < 0.5
     images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+    if train_cfg.permute_channels:
+        order = np.stack([rng.permutation(3) for _ in range(n)])
+        images = np.take_along_axis(images, order[:, None, None, :], axis=3)
+    if train_cfg.grayscale_p > 0:
+        grey = rng.uniform(size=n) < train_cfg.grayscale_p
+        luminance = images.mean(axis=-1, keepdims=True).astype(np.uint8)
+        images = np.where(grey[:, None, None, None], luminance, images)
+    pad = train_cfg.shift_pixels
     if pad <= 0:
         return images
     size = images.shape[1]
@@ -187,7 +205,7 @@ def train(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], dict[str, 
         if len(order) < batch:
             order = np.concatenate([order, rng.permutation(len(train_images))])
         take, order = order[:batch], order[batch:]
-        images = _augment(rng, train_images[take], config.train.shift_pixels)
+        images = _augment(rng, train_images[take], config.train)
         params, batch_stats, opt_state, loss, acc = step(
             params, batch_stats, opt_state, images, train_labels[take]
         )
@@ -255,6 +273,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         problems.append(f"data.num_classes={config.data.num_classes} (2 to {len(CATEGORIES)})")
     if config.data.num_train_images < config.train.batch_size:
         problems.append("data.num_train_images is below train.batch_size")
+    if not 0 <= config.train.grayscale_p <= 1:
+        problems.append(f"train.grayscale_p={config.train.grayscale_p} (a probability, 0 to 1)")
     if config.model.name != "cats":
         problems.append(f"model.name={config.model.name!r} (the CATs backbone only)")
     if problems:

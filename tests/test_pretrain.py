@@ -89,6 +89,42 @@ def test_labels_are_balanced_and_images_reproducible():
     assert again.shape == (32, 32, 3) and again.dtype == np.uint8 and label == 3
 
 
+def _coloured_images(n):
+    """[n, 8, 8, 3] uint8, each image one colour with three different channel values."""
+    shade = np.arange(n) % 50
+    colours = np.stack([shade + 10, shade + 80, shade + 150], axis=1)
+    return np.broadcast_to(colours[:, None, None, :], (n, 8, 8, 3)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("permute", [False, True])
+def test_augmentation_permutes_the_channels_of_each_image(permute):
+    train_cfg = _config().train
+    train_cfg.shift_pixels, train_cfg.grayscale_p, train_cfg.permute_channels = 0, 0.0, permute
+    batch = _coloured_images(64)
+    out = pretrain._augment(np.random.default_rng(0), batch, train_cfg)
+    np.testing.assert_array_equal(np.sort(out, axis=-1), batch)  # the same values, reordered
+    reordered = np.any(out != batch, axis=(1, 2, 3))
+    assert reordered.any() == permute
+    if permute:  # 5 of the 6 orders move a channel
+        assert 0.6 < reordered.mean() < 0.99
+
+
+def test_augmentation_makes_images_grey_with_the_given_probability():
+    train_cfg = _config().train
+    train_cfg.shift_pixels, train_cfg.grayscale_p = 0, 0.5
+    batch = _coloured_images(400)
+    out = pretrain._augment(np.random.default_rng(0), batch, train_cfg)
+    grey = np.all(out == out[..., :1], axis=(1, 2, 3))
+    assert 0.4 < grey.mean() < 0.6
+    np.testing.assert_array_equal(
+        out[grey][:, 0, 0, 0], batch[grey].mean(axis=(1, 2, 3)).astype(np.uint8)
+    )
+    config = _config()
+    config.train.grayscale_p = 1.5
+    with pytest.raises(ValueError, match=r"train.grayscale_p=1.5 \(a probability"):
+        pretrain.check_config(config)
+
+
 def test_tiny_pretraining_writes_weights_that_the_benchmark_model_loads(tmp_path):
     config = _config("tiny")
     pretrain.check_config(config)
