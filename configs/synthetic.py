@@ -48,8 +48,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.dilated_stages = (2,)
     # Each tap the maximum over the image and its mirror image (mirrored back): half the pairs
     # face opposite ways, and the classification-pretrained features tell a left-facing head from
-    # a right-facing one. Untrained: 24.8 PCK@0.1 on validation against 21.2; trained teacher
-    # (seed 0): 26.3 against 18.1 validation, 22.7 against 19.3 test.
+    # a right-facing one. With the weights pretrained before colour changes, untrained: 24.8
+    # PCK@0.1 on validation against 21.2; teacher (seed 0): 26.3 against 18.1 validation, 22.7
+    # against 19.3 test.
     config.model.mirror_invariant_taps = True
     config.model.feature_size = 8
     config.model.feature_proj_dim = 32

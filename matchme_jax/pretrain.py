@@ -131,8 +131,8 @@ def _augment(
         images = np.take_along_axis(images, order[:, None, None, :], axis=3)
     if train_cfg.grayscale_p > 0:
         grey = rng.uniform(size=n) < train_cfg.grayscale_p
-        luminance = images.mean(axis=-1, keepdims=True).astype(np.uint8)
-        images = np.where(grey[:, None, None, None], luminance, images)
+        channel_mean = images.mean(axis=-1, keepdims=True).astype(np.uint8)
+        images = np.where(grey[:, None, None, None], channel_mean, images)
     pad = train_cfg.shift_pixels
     if pad <= 0:
         return images
