@@ -69,8 +69,10 @@ def test_every_mode_gives_pairs_per_second(result):
     # bfloat16 compute, float32 parameters and Adam moments, a finite loss.
     assert train["state_float_dtypes"] == ["float32"]
     assert train["final_loss"] > 0
-    # A train step (forward, backward, update) costs more than the annotator's forward pass.
-    assert train["flops_per_pair"] > 2 * annotate["flops_per_pair"] > 0
+    # A train step (forward, backward, update) costs more than the annotator's forward pass: by
+    # the head's backward pass, as the backbone is frozen (and, mirror-invariant, runs twice in
+    # both, so the step is less than twice the pass).
+    assert train["flops_per_pair"] > annotate["flops_per_pair"] > 0
 
 
 def test_compile_only_compiles_without_running(tfds_dir):

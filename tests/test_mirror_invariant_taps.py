@@ -12,7 +12,8 @@ from matchme_jax.models import build_model
 @pytest.fixture(scope="module")
 def models():
     """(plain, mirror-invariant) tiny CATs sharing one set of parameters."""
-    config = load("synthetic.py:tiny")
+    config = load("synthetic.py:tiny")  # the embedded default: mirror-invariant taps
+    config.model.mirror_invariant_taps = False
     plain = build_model(config.model)
     config.model.mirror_invariant_taps = True
     invariant = build_model(config.model)
