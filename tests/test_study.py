@@ -1,5 +1,7 @@
 """The study runner: a sweep of overrides over seeds, finished runs skipped, one table."""
 
+import importlib.util
+import itertools
 import json
 
 import pytest
@@ -150,3 +152,27 @@ def test_a_real_tiny_run_takes_the_flags_and_resumes_after_a_shared_teacher(tmp_
     assert (other_dir / "gen_0" / "train_log.jsonl").read_text() == log  # not trained again
     assert other["generations"][0]["test"] == done["generations"][0]["test"]
     assert len(other["generations"]) == 3 and other["train_step_compilations"] == 1
+
+
+@pytest.mark.parametrize(
+    "path", sorted(study.ROOT.glob("configs/studies/*.py")), ids=lambda p: p.stem
+)
+def test_every_shipped_study_names_real_config_fields(path):
+    shipped = study.load_study(path)
+    file, _, arg = shipped["config"].partition(":")
+    spec = importlib.util.spec_from_file_location("study_config", study.ROOT / file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fields = list(shipped["seeds"])
+    for settings in shipped["cells"].values():
+        for values in itertools.product(*shipped["seeds"].values()):
+            config = module.get_config(arg or None)
+            seeds = dict(zip(fields, values, strict=True))
+            overrides = {**shipped["overrides"], **settings, **seeds}
+            for key, value in overrides.items():
+                *parents, name = key.split(".")
+                node = config
+                for parent in parents:
+                    node = node[parent]
+                assert name in node, f"{path.name}: {key} is not a config field"
+                node[name] = value  # a value of the wrong type raises TypeError

@@ -1,5 +1,6 @@
-"""The student's augmentation (weak instead of strong), its initialisation (the teacher's weights
-instead of the teacher's initialisation), and the forward-backward consistency check (0.5 cells).
+"""The student's augmentation (weak instead of strong, also with tau 0.9), its initialisation (the
+teacher's weights instead of the teacher's initialisation), and the forward-backward consistency
+check (0.5 cells).
 
     python -m matchme_jax.study --study=configs/studies/student.py --workdir=W \\
         --teachers=T
@@ -19,6 +20,7 @@ def get_study() -> dict:
         overrides={"selftrain.generations": 1},
         cells={
             "weak augmentation": weak,
+            "weak augmentation, tau=0.9": {**weak, "selftrain.tau": 0.9},
             "student from the teacher": {"selftrain.student_init": "teacher"},
             "consistency check (0.5 cells)": {"selftrain.consistency_radius": 0.5},
         },
