@@ -70,7 +70,10 @@ TOLERANCES = {
         loss_later=2e-4,
         flow_step1=(2e-3, 1e-4),
         flow_later=(3e-2, 3e-4),
-        probe=(5e-3, 2e-4),
+        # The recommended 5e-3 max is exceeded on some CPUs: 9.3e-3 (mean 8.9e-5) on an AVX-512/AMX
+        # Xeon, where XLA sums float32 in another order; every slip the README lists moves it
+        # by 0.15 or more, and float64 keeps the tight bound.
+        probe=(2e-2, 2e-4),
         update_head=2e-2,
         bn=1e-4,
         grad=1e-3,
