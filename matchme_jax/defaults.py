@@ -91,6 +91,11 @@ def augment_preset(name: str) -> ml_collections.ConfigDict:
     )
 
 
+def augment_overrides(role: str, name: str) -> dict[str, float]:
+    """A preset as flat overrides of `config.augment.<role>` ("teacher", "student"): for studies."""
+    return {f"augment.{role}.{k}": v for k, v in augment_preset(name).items()}
+
+
 def pck_evaluator(split: str) -> dict:
     """PCK on `split` after every generation and in mode `evaluate`."""
     return dict(type="pck", split=split, modes=("selftrain", "train", "evaluate"))

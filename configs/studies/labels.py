@@ -6,7 +6,12 @@ student on its pseudo labels and an oracle student on the unlabeled pairs' true 
 Self-training should help most where labels are scarce. `dataset.train_pairs=N` keeps one fixed
 random draw of N labeled pairs, the same for every seed; each N trains its own teacher, shared by
 its two students. The 200-pair cells are the default runs of configs/studies/oracle.py.
+
+The students augment strongly (MatchMe's augmentation), as the embedded default did when
+docs/studies/labels.* was run (before 1b6ad91, which made the weak augmentation the default).
 """
+
+from matchme_jax import defaults
 
 LABELED_PAIRS = (16, 50)  # and all of them: the default
 ALL_PAIRS = 200  # the embedded benchmark's train split, for the cell's name
@@ -21,7 +26,7 @@ def get_study() -> dict:
         cells[f"{name}, oracle"] = {**labels, "selftrain.annotator": "oracle"}
     return dict(
         config="configs/synthetic.py",
-        overrides={"selftrain.generations": 1},
+        overrides={"selftrain.generations": 1, **defaults.augment_overrides("student", "strong")},
         cells=cells,
         seeds={"seed": (0, 1)},
     )
