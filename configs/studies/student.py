@@ -5,11 +5,11 @@ check (0.5 cells).
     python -m matchme_jax.study --study=configs/studies/student.py --workdir=W \\
         --teachers=T
 
-One student generation per run. The reference student (strong augmentation, the teacher's
-initialisation, no check) is the tau=0.7 cell of configs/studies/tau.py; run both studies with
-the same --teachers folder and every cell learns from the same teacher per seed. The students
-augment strongly unless a cell says otherwise, as the embedded default did when
-docs/studies/student.* was run (before 1b6ad91, which made the weak augmentation the default).
+One student generation per run. The students augment strongly unless a cell says otherwise, as
+the embedded default did when docs/studies/student.* was run (b7f3373; 1b6ad91 made the weak
+augmentation the default). The reference student (strong augmentation, the teacher's
+initialisation, no check) is the tau=0.7 cell of docs/studies/tau_strong.*; with one --teachers
+folder for both studies, every cell learned from the same teacher per seed.
 """
 
 from matchme_jax import defaults

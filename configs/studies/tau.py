@@ -3,19 +3,16 @@
     python -m matchme_jax.study --study=configs/studies/tau.py --workdir=W
 
 One student generation per run; the cells share each seed's teacher (study.py), so they compare
-students of the very same teacher.
-
-The students augment strongly (MatchMe's augmentation), as the embedded default did when
-docs/studies/tau.* was run (before 1b6ad91, which made the weak augmentation the default).
+students of the very same teacher. docs/studies/tau.* is this study on the default of 1b6ad91
+(weak student augmentation); docs/studies/tau_strong.* the same on b7f3373, whose students
+augmented strongly.
 """
-
-from matchme_jax import defaults
 
 
 def get_study() -> dict:
     return dict(
         config="configs/synthetic.py",
-        overrides={"selftrain.generations": 1, **defaults.augment_overrides("student", "strong")},
+        overrides={"selftrain.generations": 1},
         cells={f"tau={tau}": {"selftrain.tau": tau} for tau in (0.1, 0.3, 0.5, 0.7, 0.9)},
         seeds={"seed": (0, 1)},
     )
