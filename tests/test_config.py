@@ -164,10 +164,10 @@ def test_student_settings_may_change_until_a_student_generation_exists(tmp_path)
     (tmp_path / "gen_0" / "summary.json").write_text("{}")
     (tmp_path / "results.json").write_text("{}")
     config.selftrain.tau = 0.3
-    config.augment.student.tps_p = 0.0
+    config.augment.student.tps_p = 0.5  # the default students' is 0.0
     config_checks.check_workdir(config, tmp_path)
     saved = json.loads((tmp_path / config_checks.CONFIG_FILE).read_text())
-    assert saved["selftrain"]["tau"] == 0.3 and saved["augment"]["student"]["tps_p"] == 0.0
+    assert saved["selftrain"]["tau"] == 0.3 and saved["augment"]["student"]["tps_p"] == 0.5
     config.augment.teacher.tps_p = 0.5  # the teacher's: refused, whatever the students
     with pytest.raises(ValueError, match=r"augment.teacher.tps_p: 0.0 -> 0.5"):
         config_checks.check_workdir(config, tmp_path)
