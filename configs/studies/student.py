@@ -9,7 +9,8 @@ One student generation per run. The students augment strongly unless a cell says
 the embedded default did when docs/studies/student.* was run (b7f3373; 1b6ad91 made the weak
 augmentation the default). The reference student (strong augmentation, the teacher's
 initialisation, no check) is the tau=0.7 cell of docs/studies/tau_strong.*; with one --teachers
-folder for both studies, every cell learned from the same teacher per seed.
+folder for both studies, every cell learned from the same teacher per seed. Tau is 0.7 unless a
+cell says otherwise, the default then (c2c08ce chose 0.3 on validation).
 """
 
 from matchme_jax import defaults
@@ -19,7 +20,11 @@ def get_study() -> dict:
     weak = defaults.augment_overrides("student", "weak")
     return dict(
         config="configs/synthetic.py",
-        overrides={"selftrain.generations": 1, **defaults.augment_overrides("student", "strong")},
+        overrides={
+            "selftrain.generations": 1,
+            "selftrain.tau": 0.7,
+            **defaults.augment_overrides("student", "strong"),
+        },
         cells={
             "weak augmentation": weak,
             "weak augmentation, tau=0.9": {**weak, "selftrain.tau": 0.9},
