@@ -8,8 +8,7 @@ random draw of N labeled pairs, the same for every seed; each N trains its own t
 its two students. The 200-pair cells are the default runs of configs/studies/oracle.py.
 
 The students augment strongly (MatchMe's augmentation), as the embedded default did when
-docs/studies/labels.* was run (before 1b6ad91, which made the weak augmentation the default),
-and keep the tau of that run, 0.7 (c2c08ce chose 0.3 on validation).
+docs/studies/labels.* was run (before 1b6ad91, which made the weak augmentation the default).
 """
 
 from matchme_jax import defaults
@@ -27,11 +26,7 @@ def get_study() -> dict:
         cells[f"{name}, oracle"] = {**labels, "selftrain.annotator": "oracle"}
     return dict(
         config="configs/synthetic.py",
-        overrides={
-            "selftrain.generations": 1,
-            "selftrain.tau": 0.7,
-            **defaults.augment_overrides("student", "strong"),
-        },
+        overrides={"selftrain.generations": 1, **defaults.augment_overrides("student", "strong")},
         cells=cells,
         seeds={"seed": (0, 1)},
     )

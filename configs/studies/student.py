@@ -1,33 +1,24 @@
-"""The student's augmentation (weak instead of strong, also with tau 0.9), its initialisation (the
-teacher's weights instead of the teacher's initialisation), and the forward-backward consistency
-check (0.5 cells).
+"""The student on the current default: MatchMe's strong augmentation instead of the teacher's
+weak one, the teacher's weights instead of the teacher's initialisation, and the forward-backward
+consistency check (0.5 cells), each against the default student (weak augmentation, tau 0.7).
 
-    python -m matchme_jax.study --study=configs/studies/student.py --workdir=W \\
-        --teachers=T
+    python -m matchme_jax.study --study=configs/studies/student.py --workdir=W --teachers=T
 
-One student generation per run. The students augment strongly unless a cell says otherwise, as
-the embedded default did when docs/studies/student.* was run (b7f3373; 1b6ad91 made the weak
-augmentation the default). The reference student (strong augmentation, the teacher's
-initialisation, no check) is the tau=0.7 cell of docs/studies/tau_strong.*; with one --teachers
-folder for both studies, every cell learned from the same teacher per seed. Tau is 0.7 unless a
-cell says otherwise, the default then (c2c08ce chose 0.3 on validation).
+One student generation per run; with one --teachers folder every cell learns from the same teacher
+per seed. docs/studies/student_strong.* asked the same on b7f3373, whose students augmented
+strongly (configs/studies/student_strong.py).
 """
 
 from matchme_jax import defaults
 
 
 def get_study() -> dict:
-    weak = defaults.augment_overrides("student", "weak")
     return dict(
         config="configs/synthetic.py",
-        overrides={
-            "selftrain.generations": 1,
-            "selftrain.tau": 0.7,
-            **defaults.augment_overrides("student", "strong"),
-        },
+        overrides={"selftrain.generations": 1},
         cells={
-            "weak augmentation": weak,
-            "weak augmentation, tau=0.9": {**weak, "selftrain.tau": 0.9},
+            "the default student": {},
+            "strong augmentation": defaults.augment_overrides("student", "strong"),
             "student from the teacher": {"selftrain.student_init": "teacher"},
             "consistency check (0.5 cells)": {"selftrain.consistency_radius": 0.5},
         },
