@@ -6,7 +6,7 @@ initialisation), and the forward-backward consistency check (0.5 cells).
         --teachers=T
 
 One student generation per run. The students augment strongly unless a cell says otherwise, as the
-embedded default did when docs/studies/student_strong.* was run (b7f3373, as
+embedded default did when docs/studies/student_strong.* was run (on b7f3373, where this file was
 configs/studies/student.py; 1b6ad91 made the weak augmentation the default, which student.py now
 studies). The reference student (strong augmentation, the teacher's initialisation, no check) is
 the tau=0.7 cell of docs/studies/tau_strong.*; with one --teachers folder for both studies, every
