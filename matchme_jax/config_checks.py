@@ -54,11 +54,14 @@ DEFAULT_FIELDS = {
     "dataset.train_pairs": None,
     "selftrain.annotator": "teacher",
     "train.loss": "epe",
+    "train.loss_temperature": None,
     "model.aggregator_init": "official",
     "model.backbone_heads": 0,
     "model.trainable_blocks": 0,
     "model.dilated_stages": [],
     "model.mirror_invariant_taps": False,
+    "model.clamp_correlation": False,
+    "model.confidence_temperature": 0.0,
 }
 UNREAD_FIELDS = ("dataset.test_split", "dataset.validation_split", "corruptions.")
 
@@ -84,6 +87,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(0.0 <= st.tau <= 1.0, "selftrain.tau", "a confidence in [0, 1]")
     need(st.generations >= 0, "selftrain.generations", "0 or more")
     need(tr.loss in LOSSES, "train.loss", f"one of {LOSSES}")
+    need(
+        tr.loss_temperature is None or (tr.loss == "cross_entropy" and tr.loss_temperature > 0),
+        "train.loss_temperature",
+        "None, or a positive temperature with train.loss='cross_entropy'",
+    )
     need(st.query in QUERIES, "selftrain.query", f"one of {QUERIES}")
     need(st.annotator in ANNOTATORS, "selftrain.annotator", f"one of {ANNOTATORS}")
     need(

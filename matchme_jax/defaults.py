@@ -153,6 +153,8 @@ def base_config() -> ml_collections.ConfigDict:
             # "epe": the official end-point error of the soft-argmax flow; "cross_entropy": of
             # the soft-argmax distribution against the true source cell (losses.py).
             loss="epe",
+            # The cross-entropy's softmax temperature; None: the model's soft-argmax `beta`.
+            loss_temperature=config_dict.placeholder(float),
         )
     )
 

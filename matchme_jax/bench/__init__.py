@@ -253,6 +253,7 @@ def train_row(
         config.dataset,
         receptive_field=config.train.receptive_field,
         loss=config.train.loss,
+        loss_temperature=config.train.loss_temperature,
     )
     size = config.dataset.image_size
     state = parallel.replicate(create_train_state(_init_variables(model, size), optimizer))

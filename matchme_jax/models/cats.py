@@ -234,6 +234,15 @@ class CATs(nn.Module):
             to the source cells by the raw hyperpixel correlation, nearest-neighbour matching of
             the backbone features, and training starts from there). Not in the official code;
             for a pretrained backbone trained on few pairs.
+        clamp_correlation: negative cosine similarities become zero before the mutual
+            nearest-neighbour filter, which then stays within [0, 1]. The official filter divides
+            by each row's and column's maximum: where that maximum is near zero and the row holds
+            negative similarities, the quotient grows without bound. Not in the official code; for
+            small backbones whose pre-ReLU taps anticorrelate (under photometric augmentation, say).
+        confidence_temperature: the temperature of the softmax whose peak probability is the
+            confidence (the annotator thresholds it at tau); 0 means ``beta``. A model trained at
+            another temperature than its readout's (``config.train.loss_temperature``) is
+            calibrated at that one. Not in the official code.
     """
 
     backbone: str = "resnet101"
@@ -255,6 +264,8 @@ class CATs(nn.Module):
     dtype: str = "float32"
     attention: str = "auto"
     aggregator_init: str = "official"
+    clamp_correlation: bool = False
+    confidence_temperature: float = 0.0
 
     def __post_init__(self) -> None:
         validate_cats_fields(self)
@@ -331,12 +342,14 @@ class CATs(nn.Module):
             train: as in ``__call__``.
 
         Returns:
-            "flow": [B, h, w, 2]; "confidence": [B, h, w], the peak probability of the beta
-            softmax over the source cells for each target cell; "refined_corr": [B, S, T].
+            "flow": [B, h, w, 2]; "confidence": [B, h, w], the peak probability of the softmax
+            over the source cells for each target cell, at ``confidence_temperature`` (0:
+            ``beta``); "refined_corr": [B, S, T].
         """
         refined = self._refined_correlation(source, target, train)
         b, n = refined.shape[0], self.feature_size
-        confidence = correlation.peak_probability(refined, self.beta).reshape(b, n, n)
+        temperature = self.confidence_temperature or self.beta
+        confidence = correlation.peak_probability(refined, temperature).reshape(b, n, n)
         return {"flow": self._flow(refined), "confidence": confidence, "refined_corr": refined}
 
     def _refined_correlation(
@@ -360,6 +373,8 @@ class CATs(nn.Module):
             target_proj.append(proj(trg))
         corr = jnp.stack(corrs, axis=1)
         self.sow("intermediates", "corr_raw", corr)
+        if self.clamp_correlation:
+            corr = jnp.maximum(corr, 0.0)
         corr = correlation.mutual_nn_filter(corr)
         self.sow("intermediates", "corr_mnn", corr)
 
@@ -438,6 +453,10 @@ def validate_cats_fields(model: CATs) -> None:
         problems.append(f"mlp_ratio={model.mlp_ratio}: must be > 0")
     if model.beta <= 0:
         problems.append(f"beta={model.beta}: must be > 0")
+    if model.confidence_temperature < 0:
+        problems.append(
+            f"confidence_temperature={model.confidence_temperature}: must be > 0, or 0 for beta"
+        )
     if model.bn_mode not in BN_MODES:
         problems.append(f"bn_mode={model.bn_mode!r}: use one of {BN_MODES}")
     if model.dtype not in DTYPES:

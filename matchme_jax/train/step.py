@@ -53,18 +53,25 @@ def make_train_forward(model, *, bn_train: bool, output: str = "flow") -> Callab
 
 
 def make_update_fn(
-    model, optimizer: optax.GradientTransformation, *, bn_train: bool, loss: str = "epe"
+    model,
+    optimizer: optax.GradientTransformation,
+    *,
+    bn_train: bool,
+    loss: str = "epe",
+    loss_temperature: float | None = None,
 ) -> Callable:
     """`update(state, source, target, flow_gt, cell_weight, dropout_rng=None) -> (state, metrics)`.
 
     One optimizer step on ImageNet-normalised images `[B, H, W, 3]` against a sparse flow target
     `flow_gt: [B, h, w, 2]` with per-cell weights `[B, h, w]` (0 where a cell has no truth).
     `loss` (see `LOSSES`): "epe", the official end-point error of the `make_train_forward` flow,
-    or "cross_entropy" of the model's soft-argmax distribution (`losses.cell_cross_entropy`).
+    or "cross_entropy" of the model's soft-argmax distribution (`losses.cell_cross_entropy`), at
+    `loss_temperature` (None: the model's soft-argmax temperature, `model.beta`).
     `metrics`: the scalars "loss" and "grad_norm".
     """
     if loss not in LOSSES:
         raise ValueError(f"config.train.loss={loss!r}: use one of {LOSSES}.")
+    temperature = model.beta if loss_temperature is None else loss_temperature
     output = "flow" if loss == "epe" else "refined_corr"
     forward = make_train_forward(model, bn_train=bn_train, output=output)
 
@@ -72,7 +79,7 @@ def make_update_fn(
         out, batch_stats = forward(params, batch_stats, source, target, dropout_rng)
         if loss == "epe":
             return sparse_epe(out, flow_gt, weight=cell_weight), batch_stats
-        return cell_cross_entropy(out, flow_gt, cell_weight, model.beta), batch_stats
+        return cell_cross_entropy(out, flow_gt, cell_weight, temperature), batch_stats
 
     def update(state: TrainState, source, target, flow_gt, cell_weight, dropout_rng=None):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -108,9 +115,14 @@ class TrainStep:
         *,
         receptive_field: int = 35,
         loss: str = "epe",
+        loss_temperature: float | None = None,
     ):
         self._update = make_update_fn(
-            model, optimizer, bn_train=model_cfg.bn_mode == "official", loss=loss
+            model,
+            optimizer,
+            bn_train=model_cfg.bn_mode == "official",
+            loss=loss,
+            loss_temperature=loss_temperature,
         )
         self._feature_size = model_cfg.feature_size
         self._image_size = dataset_cfg.image_size

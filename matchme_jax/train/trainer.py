@@ -44,6 +44,7 @@ class GenerationTrainer:
             config.dataset,
             receptive_field=config.train.receptive_field,
             loss=config.train.loss,
+            loss_temperature=config.train.loss_temperature,
         )
         self._strengths = {
             role: AugmentStrength.from_config(config.augment[role]) for role in ROLES

@@ -1,0 +1,72 @@
+"""`train.loss_temperature`, `model.confidence_temperature`: temperatures apart from `beta`."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_config import load
+
+from matchme_jax import config_checks
+from matchme_jax.losses import cell_cross_entropy
+from matchme_jax.models import build_model
+from matchme_jax.models.correlation import peak_probability
+from matchme_jax.train.state import create_train_state, make_optimizer
+from matchme_jax.train.step import make_train_forward, make_update_fn
+
+
+@pytest.fixture(scope="module")
+def setup():
+    config = load("synthetic.py:tiny")
+    config.model.bn_mode = "frozen"
+    model = build_model(config.model)
+    size, n = config.dataset.image_size, config.model.feature_size
+    source = jax.random.normal(jax.random.key(1), (2, size, size, 3))
+    target = jax.random.normal(jax.random.key(2), (2, size, size, 3))
+    variables = model.init(jax.random.key(0), source, target)
+    flow = jax.random.uniform(jax.random.key(3), (2, n, n, 2), minval=-2.0, maxval=2.0)
+    weight = jnp.ones((2, n, n))
+    optimizer = make_optimizer(config.optim, total_steps=1, freeze_backbone=False)
+    state = create_train_state(variables, optimizer)
+    forward = make_train_forward(model, bn_train=False, output="refined_corr")
+    refined, _ = forward(variables["params"], variables["batch_stats"], source, target)
+    return model, optimizer, state, (source, target, flow, weight), refined
+
+
+@pytest.mark.parametrize("temperature", [None, 0.1])
+def test_the_step_reports_the_cross_entropy_at_its_temperature(setup, temperature):
+    model, optimizer, state, (source, target, flow, weight), refined = setup
+    update = make_update_fn(
+        model, optimizer, bn_train=False, loss="cross_entropy", loss_temperature=temperature
+    )
+    _, metrics = update(state, source, target, flow, weight)
+    expected = cell_cross_entropy(refined, flow, weight, temperature or model.beta)
+    np.testing.assert_allclose(float(metrics["loss"]), float(expected), rtol=1e-5)
+
+
+def test_a_loss_temperature_needs_the_cross_entropy_and_a_positive_value():
+    config = load("synthetic.py:tiny")
+    config.train.loss_temperature = 0.1
+    config_checks.validate(config)  # the embedded default trains with the cross-entropy
+    config.train.loss_temperature = 0.0
+    with pytest.raises(ValueError, match=r"train.loss_temperature=0.0: None, or a positive"):
+        config_checks.validate(config)
+    config = load("spair.py")  # the official end-point error
+    config.train.loss_temperature = 0.1
+    with pytest.raises(ValueError, match=r"train.loss_temperature=0.1: None, or a positive"):
+        config_checks.validate(config)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.1])
+def test_the_confidence_is_the_peak_probability_at_its_temperature(temperature):
+    config = load("synthetic.py:tiny")
+    config.model.confidence_temperature = temperature
+    model = build_model(config.model)
+    size = config.dataset.image_size
+    source = jax.random.normal(jax.random.key(1), (2, size, size, 3))
+    target = jax.random.normal(jax.random.key(2), (2, size, size, 3))
+    variables = model.init(jax.random.key(0), source, target)
+    out = model.apply(variables, source, target, method="correspondence")
+    expected = peak_probability(out["refined_corr"], temperature or model.beta)
+    np.testing.assert_allclose(
+        np.asarray(out["confidence"]).reshape(expected.shape), expected, rtol=1e-5
+    )
