@@ -59,11 +59,15 @@ def test_a_loss_temperature_needs_the_cross_entropy_and_a_positive_value():
 
 def test_the_confidence_is_the_peak_probability_at_its_temperature(setup):
     model, _, _, (source, target, _, _), _ = setup
-    assert model.confidence_temperature == 0.0  # the default: beta
-    model = model.clone(confidence_temperature=0.1)
     variables = jax.jit(model.init)(jax.random.key(0), source, target)
-    out = jax.jit(lambda v: model.apply(v, source, target, method="correspondence"))(variables)
-    confidence = np.asarray(out["confidence"]).reshape(source.shape[0], -1)
-    expected = peak_probability(out["refined_corr"], 0.1)
-    np.testing.assert_allclose(confidence, expected, rtol=1e-5)
-    assert np.abs(confidence - peak_probability(out["refined_corr"], model.beta)).max() > 1e-3
+
+    def confidence_at(temperature):
+        at = model.clone(confidence_temperature=temperature)
+        out = jax.jit(lambda v: at.apply(v, source, target, method="correspondence"))(variables)
+        return np.asarray(out["confidence"]).reshape(source.shape[0], -1), out["refined_corr"]
+
+    confidence, refined = confidence_at(0.1)
+    np.testing.assert_allclose(confidence, peak_probability(refined, 0.1), rtol=1e-5)
+    at_beta, refined = confidence_at(0.0)  # 0: the readout's temperature, beta
+    np.testing.assert_allclose(at_beta, peak_probability(refined, model.beta), rtol=1e-5)
+    assert np.abs(confidence - at_beta).max() > 1e-3
