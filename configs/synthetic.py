@@ -76,8 +76,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # - that cross-entropy at temperature 0.1, the soft-argmax readout staying at beta 0.02: at
     #   0.02 the fine-tuned model flattens its distribution toward a uniform guess's loss
     #   (fine-tuned at 1e-4: 14.79 PCK@0.1 on validation against 29.73 at 0.1), and confidence at
-    #   the same 0.1, where tau ranks the pseudo labels (precision@0.1 at tau 0.5 on validation:
-    #   32 % read at 0.02, 63 % at 0.1);
+    #   the same 0.1, where tau ranks the pseudo labels (that teacher's precision@0.1 at tau 0.5
+    #   on validation: 32 % read at 0.02, 63 % at 0.1);
     # - BatchNorm on fixed statistics: with batch statistics the model trained on 16 pairs a batch
     #   predicts much worse in evaluation mode (60 vs 80 PCK@0.1 on one overfitted batch);
     # - target boxes scaled to the 8-px cells: the official 35-px box (made for 16-px cells)
@@ -101,7 +101,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.selftrain.num_unlabeled_pairs = 2000
     # One student generation: each costs about four minutes here, and the main command keeps to
-    # ten (docs/embedded_benchmark.md, "The default since ...").
+    # ten (docs/embedded_benchmark.md, "The default since 9ec3f30").
     config.selftrain.generations = 1
     # The students augment as weakly as the teacher, not with MatchMe's stronger augmentation.
     # Students of the seed-0 teacher, one generation, validation PCK@0.1: 35.70 against 26.72
