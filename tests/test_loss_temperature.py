@@ -58,8 +58,8 @@ def test_a_loss_temperature_needs_the_cross_entropy_and_a_positive_value():
 
 
 def test_the_confidence_is_the_peak_probability_at_its_temperature(setup):
-    model, _, _, (source, target, _, _), _ = setup
-    variables = jax.jit(model.init)(jax.random.key(0), source, target)
+    model, _, state, (source, target, _, _), _ = setup
+    variables = state.variables()
 
     def confidence_at(temperature):
         at = model.clone(confidence_temperature=temperature)
