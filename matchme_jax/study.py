@@ -19,7 +19,10 @@ or --teachers to share it between studies) and copied into the others' workdirs,
 resumes after it. A sweep over tau then compares the students of one teacher, and trains each
 teacher once. At the end W/study.json holds every
 run's per-generation PCK and pseudo-label statistics with the mean and standard deviation per
-cell, W/study.md the table and W/study.png the final PCK@0.1 per cell.
+cell, W/study.md the table and W/study.png the final PCK@0.1 per cell. A run that fails (say, a
+teacher that keeps no pseudo label at a high tau) is listed with its error in those files, the
+other runs go on, and the command exits with an error naming the failed runs once the tables are
+written.
 """
 
 import hashlib
@@ -159,14 +162,29 @@ def keep_teacher(run_dir: Path, shared: Path) -> None:
         _copy_teacher(run_dir / "gen_0", shared)
 
 
+class RunFailed(RuntimeError):
+    """A run of the study ended without results; `reason` is its error's last line."""
+
+    def __init__(self, workdir: Path, reason: str):
+        super().__init__(f"{workdir}: {reason}")
+        self.reason = reason
+
+
 def run_one(config: str, workdir: Path, flags_: list[str]) -> dict:
-    """Runs (or continues) one run.py command; its results.json."""
+    """Runs (or continues) one run.py command; its results.json. Raises RunFailed."""
     command = [sys.executable, str(ROOT / "run.py"), f"--config={config}", f"--workdir={workdir}"]
     logging.info("Running %s", " ".join(command + flags_))
-    subprocess.run(command + flags_, cwd=ROOT, check=True)
+    last_line = ""
+    # Its log passes through as it comes; the last line, the error when it fails, is kept.
+    with subprocess.Popen(command + flags_, cwd=ROOT, stderr=subprocess.PIPE, text=True) as proc:
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            last_line = line.strip() or last_line
+    if proc.returncode != 0:
+        raise RunFailed(workdir, last_line or f"run.py exited with status {proc.returncode}")
     done = finished(workdir)
     if done is None:
-        raise RuntimeError(f"{workdir}: run.py ended without a complete results.json.")
+        raise RunFailed(workdir, "run.py ended without a complete results.json")
     return done
 
 
@@ -208,12 +226,32 @@ def _mean_std(values: list) -> dict:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
 
 
-def collect(study: dict, planned: list[dict], done: dict) -> dict:
-    """The study table: every run's rows, and per cell the mean and std over its seeds."""
+def collect(study: dict, planned: list[dict], done: dict, failed: dict | None = None) -> dict:
+    """The study table: every run's rows, and per cell the mean and std over its seeds.
+
+    `failed`: workdir -> error of the runs that ended without results; they are listed, per cell
+    and in all, and left out of the means.
+    """
+    failed = failed or {}
     table = {"config": study["config"], "overrides": study["overrides"], "cells": {}}
+    table["failed"] = [
+        {"cell": r["cell"], "seeds": r["seeds"], "workdir": str(r["workdir"]), "error": error}
+        for r in planned
+        if (error := failed.get(str(r["workdir"]))) is not None
+    ]
     for cell in study["cells"]:
-        cell_runs = [r for r in planned if r["cell"] == cell]
+        cell_runs = [r for r in planned if r["cell"] == cell and str(r["workdir"]) in done]
         rows = [_row(done[str(r["workdir"])]) for r in cell_runs]
+        cell_failed = [f for f in table["failed"] if f["cell"] == cell]
+        if not rows:
+            table["cells"][cell] = {
+                "settings": study["cells"][cell],
+                "runs": [],
+                "failed": cell_failed,
+                "per_generation": {},
+                "final_gain": None,
+            }
+            continue
         summary = {}
         generations = min(len(r) for r in rows)
         for key in ("test_pck@0.1", "validation_pck@0.1", "pseudo_points", "precision@0.1"):
@@ -229,6 +267,7 @@ def collect(study: dict, planned: list[dict], done: dict) -> dict:
                 }
                 for r, rows_ in zip(cell_runs, rows, strict=True)
             ],
+            "failed": cell_failed,
             "per_generation": summary,
             "final_gain": _gains(rows, generations - 1),
         }
@@ -253,6 +292,9 @@ def markdown(table: dict) -> str:
     ]
     for cell, entry in table["cells"].items():
         s, gain = entry["per_generation"], entry["final_gain"]
+        if not entry["runs"]:
+            lines.append(f"| {cell} | 0 | " + " | ".join(["-"] * 8) + " |")
+            continue
         last = len(s["test_pck@0.1"]) - 1
         lines.append(
             f"| {cell} | {len(entry['runs'])} | {_pm(s['test_pck@0.1'][0])} | "
@@ -268,12 +310,15 @@ def markdown(table: dict) -> str:
     lines.append("|---|---|---|---|---|---|")
     for cell, entry in table["cells"].items():
         s = entry["per_generation"]
-        for g in range(len(s["test_pck@0.1"])):
+        for g in range(len(s.get("test_pck@0.1", ()))):
             lines.append(
                 f"| {cell} | {g} | {_pm(s['test_pck@0.1'][g])} | "
                 f"{_pm(s['validation_pck@0.1'][g])} | {_pm(s['pseudo_points'][g], 0)} | "
                 f"{_pm(s['precision@0.1'][g])} |"
             )
+    if table["failed"]:
+        lines += ["", "Failed runs (left out of the means):", ""]
+        lines += [f"- {f['workdir']}: {f['error']}" for f in table["failed"]]
     return "\n".join(lines)
 
 
@@ -282,13 +327,16 @@ def plot(table: dict, path: Path) -> None:
     figure = Figure(figsize=(6.4, 4.0), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    for cell, entry in table["cells"].items():
+    plotted = {cell: entry for cell, entry in table["cells"].items() if entry["runs"]}
+    for cell, entry in plotted.items():
         stats = entry["per_generation"]["test_pck@0.1"]
         x = np.arange(len(stats))
         mean = np.array([s["mean"] for s in stats])
         std = np.array([s["std"] for s in stats])
         axes.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=cell)
-    generations = max(len(e["per_generation"]["test_pck@0.1"]) for e in table["cells"].values())
+    generations = max(
+        (len(e["per_generation"]["test_pck@0.1"]) for e in plotted.values()), default=1
+    )
     axes.set_xticks(range(generations))
     axes.set_xlabel("generation (0 = teacher)")
     axes.set_ylabel("test PCK@0.1 (%), mean ± std over seeds")
@@ -312,7 +360,7 @@ def run_study(
     workdir.mkdir(parents=True, exist_ok=True)
     teachers = Path(teachers) if teachers else workdir / TEACHERS_DIR
     planned = runs(study)
-    done = {}
+    done, failed = {}, {}
     for r in planned:
         run_dir = workdir / r["workdir"]
         shared = teachers / r["teacher"] / "gen_0"
@@ -322,9 +370,13 @@ def run_study(
             done[str(r["workdir"])] = previous
         else:
             share_teacher(run_dir, shared)
-            done[str(r["workdir"])] = runner(study["config"], run_dir, r["flags"])
+            try:
+                done[str(r["workdir"])] = runner(study["config"], run_dir, r["flags"])
+            except RunFailed as e:
+                logging.error("%s (the study goes on without it)", e)
+                failed[str(r["workdir"])] = e.reason
         keep_teacher(run_dir, shared)
-    table = collect(study, planned, done)
+    table = collect(study, planned, done, failed)
     atomic.write_json(workdir / STUDY_FILE, table)
     atomic.write_text(workdir / TABLE_FILE, markdown(table) + "\n")
     plot(table, workdir / PLOT_FILE)
@@ -335,7 +387,10 @@ def run_study(
 def main(argv):
     del argv
     logging.set_verbosity(logging.INFO)
-    run_study(flags.FLAGS.study, flags.FLAGS.workdir, teachers=flags.FLAGS.teachers)
+    table = run_study(flags.FLAGS.study, flags.FLAGS.workdir, teachers=flags.FLAGS.teachers)
+    if table["failed"]:
+        names = ", ".join(f["workdir"] for f in table["failed"])
+        sys.exit(f"{len(table['failed'])} run(s) of the study failed: {names} (errors in study.md)")
 
 
 if __name__ == "__main__":

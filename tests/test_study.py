@@ -126,6 +126,37 @@ def test_a_bad_study_file_is_named(tmp_path):
         study.load_study(tmp_path / "empty.py")
 
 
+def test_a_failed_run_is_listed_and_the_others_go_on(tmp_path):
+    path = _write_study(tmp_path / "s.py")
+    ran = []
+
+    def runner(config, workdir, flags):
+        ran.append(str(workdir.relative_to(tmp_path / "W")))
+        if "--config.selftrain.tau=0.5" in flags or "--config.seed=1" in flags:
+            raise study.RunFailed(workdir, "RuntimeError: no pseudo label kept.")
+        return _fake_results(0, 0.0)
+
+    table = study.run_study(path, tmp_path / "W", runner=runner)
+    assert ran == ["tau=0.0/seed0", "tau=0.0/seed1", "tau=0.5/seed0", "tau=0.5/seed1"]
+    failed = ["tau=0.0/seed1", "tau=0.5/seed0", "tau=0.5/seed1"]
+    assert [f["workdir"] for f in table["failed"]] == failed
+    kept = table["cells"]["tau=0.0"]
+    assert [r["workdir"] for r in kept["runs"]] == ["tau=0.0/seed0"]
+    assert kept["per_generation"]["test_pck@0.1"][2]["n"] == 1
+    assert table["cells"]["tau=0.5"]["runs"] == []
+    assert len(table["cells"]["tau=0.5"]["failed"]) == 2
+    md = (tmp_path / "W" / study.TABLE_FILE).read_text()
+    assert "| tau=0.5 | 0 | - |" in md
+    assert "- tau=0.5/seed1: RuntimeError: no pseudo label kept." in md
+    assert (tmp_path / "W" / study.PLOT_FILE).stat().st_size > 0
+
+
+def test_run_one_names_the_error_of_a_failed_run(tmp_path):
+    with pytest.raises(study.RunFailed, match=r"selftrain\.tau") as failure:
+        study.run_one("configs/synthetic.py:tiny", tmp_path / "W", ["--config.selftrain.tau=2.0"])
+    assert "\n" not in failure.value.reason
+
+
 def test_a_real_tiny_run_takes_the_flags_and_resumes_after_a_shared_teacher(tmp_path, tfds_dir):
     path = _write_study(
         tmp_path / "s.py",
