@@ -1,12 +1,13 @@
 """The student on the current default: MatchMe's strong augmentation instead of the teacher's
 weak one, the teacher's weights instead of the teacher's initialisation, and the forward-backward
-consistency check (0.5 cells), each against the default student (weak augmentation, tau 0.7).
+consistency check (0.5 cells), each against the default student (weak augmentation, tau 0.5).
 
     python -m matchme_jax.study --study=configs/studies/student.py --workdir=W --teachers=T
 
 One student generation per run; with one --teachers folder every cell learns from the same teacher
-per seed. docs/studies/student_strong.* asked the same on b7f3373, whose students augmented
-strongly (configs/studies/student_strong.py).
+per seed. docs/studies/student.* is this study on the frozen default before 9ec3f30 (tau 0.7; not
+yet rerun on the fine-tuned default); docs/studies/student_strong.* asked the same on b7f3373,
+whose students augmented strongly (configs/studies/student_strong.py).
 """
 
 from matchme_jax import defaults

@@ -3,9 +3,10 @@
     python -m matchme_jax.study --study=configs/studies/tau.py --workdir=W
 
 One student generation per run; the cells share each seed's teacher (study.py), so they compare
-students of the very same teacher. docs/studies/tau.* is this study on the default of 1b6ad91
-(weak student augmentation); docs/studies/tau_strong.* the same on b7f3373, whose students
-augmented strongly.
+students of the very same teacher. docs/studies/tau.* is this study on the fine-tuned default of
+9ec3f30; docs/studies/tau_frozen.* on the frozen default before it (weak student augmentation,
+confidence at the readout's temperature); docs/studies/tau_strong.* the same on b7f3373, whose
+students augmented strongly.
 """
 
 
