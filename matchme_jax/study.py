@@ -242,20 +242,12 @@ def collect(study: dict, planned: list[dict], done: dict, failed: dict | None = 
     for cell in study["cells"]:
         cell_runs = [r for r in planned if r["cell"] == cell and str(r["workdir"]) in done]
         rows = [_row(done[str(r["workdir"])]) for r in cell_runs]
-        cell_failed = [f for f in table["failed"] if f["cell"] == cell]
-        if not rows:
-            table["cells"][cell] = {
-                "settings": study["cells"][cell],
-                "runs": [],
-                "failed": cell_failed,
-                "per_generation": {},
-                "final_gain": None,
-            }
-            continue
-        summary = {}
-        generations = min(len(r) for r in rows)
-        for key in ("test_pck@0.1", "validation_pck@0.1", "pseudo_points", "precision@0.1"):
-            summary[key] = [_mean_std([r[g][key] for r in rows]) for g in range(generations)]
+        # A cell whose every run failed keeps its place in the table, without numbers.
+        generations = min((len(r) for r in rows), default=0)
+        summary = {
+            key: [_mean_std([r[g][key] for r in rows]) for g in range(generations)]
+            for key in ("test_pck@0.1", "validation_pck@0.1", "pseudo_points", "precision@0.1")
+        }
         table["cells"][cell] = {
             "settings": study["cells"][cell],
             "runs": [
@@ -267,9 +259,9 @@ def collect(study: dict, planned: list[dict], done: dict, failed: dict | None = 
                 }
                 for r, rows_ in zip(cell_runs, rows, strict=True)
             ],
-            "failed": cell_failed,
-            "per_generation": summary,
-            "final_gain": _gains(rows, generations - 1),
+            "failed": [f for f in table["failed"] if f["cell"] == cell],
+            "per_generation": summary if rows else {},
+            "final_gain": _gains(rows, generations - 1) if rows else None,
         }
     return table
 
