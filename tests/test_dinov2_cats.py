@@ -15,7 +15,7 @@ from test_config import load
 from test_resume import ROOT, _run, kill_environment
 from test_spair_tiny import pascal_teacher_on_willow
 
-from matchme_jax import convert, errors, experiment, init_from
+from matchme_jax import convert, errors, init_from
 from matchme_jax.models import backbones, build_model, dinov2
 from matchme_jax.train.state import make_optimizer, param_labels
 
@@ -179,19 +179,6 @@ def test_bad_vit_fields_are_named(overrides, message):
         _tiny_cats(**overrides)
 
 
-def test_tiny_dinov2_trains_a_teacher_and_a_student(tmp_path, tfds_dir):
-    config = load("spair_dinov2.py:tiny")
-    config.dataset.data_dir = tfds_dir
-    config.selftrain.generations = 1
-    config.selftrain.tau = 0.0  # an untrained tiny teacher is never confident
-    teacher, student = experiment.run(config, tmp_path)["generations"]
-    assert (teacher["role"], student["role"]) == ("teacher", "student")
-    assert student["pseudo_labels"]["points"] >= 1
-    assert 0.0 <= student["test"]["pck@0.1"] <= 100.0
-    stats = json.loads((tmp_path / "gen_1" / "pseudo" / "stats.json").read_text())
-    assert stats["pairs_annotated"] == config.selftrain.num_unlabeled_pairs
-
-
 # Killed in gen 0 after its step-3 checkpoint, then in gen 1's annotation, then mid-training.
 DINOV2_KILLS = ("saved:1", "annotate:2", "train:3")
 
@@ -203,33 +190,51 @@ def _dinov2_command(workdir, data_dir: str) -> list[str]:
         f"--workdir={workdir}",
         f"--config.dataset.data_dir={data_dir}",
         "--config.selftrain.generations=1",
-        "--config.selftrain.tau=0.0",
+        "--config.selftrain.tau=0.0",  # an untrained tiny teacher is never confident
     ]
 
 
-def test_killed_dinov2_run_ends_like_an_unbroken_run(tmp_path_factory, tfds_dir, tmp_path):
+@pytest.fixture(scope="module")
+def dinov2_runs(tmp_path_factory, tfds_dir) -> dict:
+    """The tiny DINOv2 run unbroken, and killed at DINOV2_KILLS then completed, side by side:
+    {"unbroken": workdir, "killed": workdir}."""
     env, hook, data_dir = kill_environment(tmp_path_factory, tfds_dir)
+    workdirs = {name: tmp_path_factory.mktemp(name) for name in ("unbroken", "killed")}
 
     def unbroken():
-        done = _run(_dinov2_command(tmp_path / "unbroken", data_dir), env)
+        done = _run(_dinov2_command(workdirs["unbroken"], data_dir), env)
         assert done.returncode == 0, done.stderr[-3000:]
 
     def killed_and_resumed():
-        workdir = tmp_path / "killed"
         for kill_at in DINOV2_KILLS:
-            args = [str(hook), *_dinov2_command(workdir, data_dir)]
+            args = [str(hook), *_dinov2_command(workdirs["killed"], data_dir)]
             killed = _run(args, dict(env, MATCHME_KILL_AT=kill_at))
             assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-        done = _run(_dinov2_command(workdir, data_dir), env)
+        done = _run(_dinov2_command(workdirs["killed"], data_dir), env)
         assert done.returncode == 0, done.stderr[-3000:]
 
     with ThreadPoolExecutor(2) as pool:
         for future in [pool.submit(unbroken), pool.submit(killed_and_resumed)]:
             future.result()
-    results = [
-        json.loads((tmp_path / w / "results.json").read_text()) for w in ("unbroken", "killed")
-    ]
-    assert results[0]["generations"] == results[1]["generations"]
+    return workdirs
+
+
+def _generations(workdir) -> list[dict]:
+    return json.loads((workdir / "results.json").read_text())["generations"]
+
+
+def test_tiny_dinov2_trains_a_teacher_and_a_student(dinov2_runs):
+    workdir = dinov2_runs["unbroken"]
+    teacher, student = _generations(workdir)
+    assert (teacher["role"], student["role"]) == ("teacher", "student")
+    assert student["pseudo_labels"]["points"] >= 1
+    assert 0.0 <= student["test"]["pck@0.1"] <= 100.0
+    stats = json.loads((workdir / "gen_1" / "pseudo" / "stats.json").read_text())
+    assert stats["pairs_annotated"] == load("spair_dinov2.py:tiny").selftrain.num_unlabeled_pairs
+
+
+def test_killed_dinov2_run_ends_like_an_unbroken_run(dinov2_runs):
+    assert _generations(dinov2_runs["killed"]) == _generations(dinov2_runs["unbroken"])
 
 
 def test_a_dinov2_pf_pascal_model_is_evaluated_on_pf_willow(tmp_path, tfds_dir):

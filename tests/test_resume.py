@@ -8,8 +8,8 @@ it is killed again and again, each time at a later point, and finally run to com
 - at moments picked from outside, as a user would, when a file of the run appears.
 Its TensorBoard curves must end up as the unbroken run's too (timings aside): what a killed try
 logged after its checkpoint is hidden, and the resumed try logs those steps again.
-The subprocesses share a persistent compilation cache: each restart then loads its compiled
-functions instead of compiling them again (about 20 s instead of 70 s on 2 cores).
+The subprocesses share the suite's persistent compilation cache: each restart then loads its
+compiled functions instead of compiling them again (about 20 s instead of 70 s on 2 cores).
 """
 
 import json
@@ -92,13 +92,12 @@ def environment(tmp_path_factory, tfds_dir):
 
 
 def kill_environment(tmp_path_factory, tfds_dir) -> tuple[dict, Path, str]:
-    """(subprocess env with a shared compilation cache, the kill hook script, the TFDS dir)."""
-    cache = tmp_path_factory.mktemp("jax_cache")
-    env = subprocess_env(
-        JAX_COMPILATION_CACHE_DIR=str(cache),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
+    """(subprocess env, the kill hook script, the TFDS dir).
+
+    The env keeps the suite's persistent compilation cache (tests/conftest.py), so the runs
+    share compiled programs with each other and with every other test's subprocesses.
+    """
+    env = subprocess_env()
     hook = tmp_path_factory.mktemp("hook") / "kill_hook.py"
     hook.write_text(KILL_HOOK)
     return env, hook, tfds_dir

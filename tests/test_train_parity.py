@@ -9,14 +9,19 @@ same 4 steps; the losses, train flows (`make_train_forward`, the forward the upd
 of), probe flow after step 4, parameter updates, BatchNorm statistics and step-1 gradients must
 match within the README's tolerances (section 8.6).
 
-Each variant and precision compiles the update once (ResNet-101 at batch 2, 256 px), so the
-whole file is dominated by 4 update compilations and 2 evaluation compilations.
+Each run compiles the update once (ResNet-101 at batch 2, 256 px) and dominates the file. The
+suite runs two of the fixture's four: the fine-tuned update in float64, where every quantity is
+held to tight bounds, and the frozen one in float32, the precision users train in, whose looser
+bounds still catch each slip the README lists (they move it by 0.15 or more). Together they cover
+both variants and both precisions. `MATCHME_TRAIN_PARITY=all` runs all four (about four CPU
+minutes more), for a change to the train step or the optimizer.
 """
 
 import functools
 import hashlib
 import io
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +49,17 @@ STEPS = 4
 BN_MOMENTUM = 0.1
 INITIAL_NUM_BATCHES_TRACKED = 4
 BACKBONE = "feature_extraction."
-RUNS = [
+ALL_RUNS = [
     ("finetune", "float32"),
     ("frozen", "float32"),
     ("finetune", "float64"),
     ("frozen", "float64"),
 ]
+RUNS = (
+    ALL_RUNS
+    if os.environ.get("MATCHME_TRAIN_PARITY") == "all"
+    else [("finetune", "float64"), ("frozen", "float32")]
+)
 
 # README section 8.6. Flows: (max, mean) absolute error in cells; the rest relative.
 TOLERANCES = {
