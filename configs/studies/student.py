@@ -1,6 +1,6 @@
 """The student on the current default: MatchMe's strong augmentation instead of the teacher's
 weak one, the teacher's weights instead of the teacher's initialisation, and the forward-backward
-consistency check (0.5 cells), each against the default student (weak augmentation, tau 0.5).
+consistency check (0.5 cells), each against the default student (weak augmentation, tau 0.7).
 
     python -m matchme_jax.study --study=configs/studies/student.py --workdir=W --teachers=T
 
