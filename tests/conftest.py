@@ -1,5 +1,5 @@
-"""Test setup: CPU only, a shared compilation cache, absl flags parsed (grain workers need
-them), a shared TFDS dir, and how many processes share the suite."""
+"""Test setup: CPU only, a shared compilation cache, quick compiles, absl flags parsed (grain
+workers need them), a shared TFDS dir, and how many processes share the suite."""
 
 import atexit
 import os
@@ -17,6 +17,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
@@ -38,3 +39,31 @@ def pytest_xdist_auto_num_workers(config) -> int:
 def tfds_dir(tmp_path_factory):
     """One TFDS data dir per test process, so each dataset is generated once in each."""
     return str(tmp_path_factory.mktemp("tensorflow_datasets"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "full_optimization: the module compiles as users do (it compares with the official "
+        "code's numbers at tight tolerances); the others compile quickly",
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quick_compiles(request):
+    """XLA's CPU backend without most optimisations, for every module but `full_optimization`.
+
+    Most tests compile far more than they run, and the unoptimised backend compiles about twice
+    as fast (a tiny CATs++ run: 41 s against 68 s). Its results differ from the optimised ones in
+    the last bits, so modules that compare with the official code's outputs opt out with
+    `pytestmark = pytest.mark.full_optimization`. Module-scoped, so that a module's expensive
+    fixtures compile the way its tests do.
+    """
+    if request.node.get_closest_marker("full_optimization"):
+        yield
+        return
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", False)

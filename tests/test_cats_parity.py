@@ -22,6 +22,8 @@ from matchme_jax.models import CATs, build_model
 from matchme_jax.models.batchnorm import BatchNorm
 from matchme_jax.testing.seeded_weights import fixture_state_dict
 
+pytestmark = pytest.mark.full_optimization  # compares with the official code's outputs
+
 FIXTURE = Path(__file__).parent / "fixtures" / "cats_depth1_seed0_compact.npz"
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)

@@ -25,6 +25,8 @@ from matchme_jax.models.conv4d import Conv4d, interpolate4d, max_pool_ceil, tran
 from matchme_jax.testing.seeded_weights import fixture_state_dict
 from matchme_jax.train.state import param_labels
 
+pytestmark = pytest.mark.full_optimization  # compares with the official code's outputs
+
 FIXTURE = Path(__file__).parent / "fixtures" / "catspp_seed0_compact.npz"
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)

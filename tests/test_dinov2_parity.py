@@ -50,6 +50,8 @@ from matchme_jax.models.dinov2 import (
 from matchme_jax.models.pos_embed import keeps_pos_embed, pos_embed_resize_matrices
 from matchme_jax.testing.seeded_weights import fixture_state_dict
 
+pytestmark = pytest.mark.full_optimization  # compares with the official code's outputs
+
 FIXTURES = Path(__file__).parent / "fixtures"
 VARIANTS = ("plain", "reg")
 SIZES = ("224x224", "182x252")

@@ -10,6 +10,8 @@ import pytest
 
 from matchme_jax import metrics
 
+pytestmark = pytest.mark.full_optimization  # compares with the official code's outputs
+
 FIXTURE = Path(__file__).parent / "fixtures" / "eval_reference.npz"
 
 
