@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 
 from data_builders.synthetic_correspondence import SyntheticCorrespondence, generator
+from data_builders.synthetic_correspondence import (
+    synthetic_correspondence_dataset_builder as builder_module,
+)
 from data_builders.synthetic_correspondence.synthetic_correspondence_dataset_builder import (
     seeded_config_name,
 )
@@ -52,6 +55,23 @@ def _assert_records_equal(first: dict[str, Any], second: dict[str, Any]) -> None
 
 def test_split_sizes_are_exact(tiny):
     assert {split: len(examples) for split, examples in tiny.items()} == TINY_SIZES
+
+
+def _stored(builder: SyntheticCorrespondence) -> dict[str, list[dict[str, Any]]]:
+    """Every example of every split in the order of its files (which follows the keys)."""
+    sources = {split: builder.as_data_source(split) for split in TINY_SIZES}
+    return {split: [source[i] for i in range(len(source))] for split, source in sources.items()}
+
+
+def test_worker_processes_write_the_same_files(tmp_path, monkeypatch):
+    here = _stored(_build(str(tmp_path / "here")))
+    # Default-sized splits render in one process per core; here every tiny split does, in two.
+    monkeypatch.setattr(builder_module, "_render_workers", lambda size: 2)
+    in_workers = _stored(_build(str(tmp_path / "workers")))
+    for split, examples in here.items():
+        assert len(in_workers[split]) == len(examples) == TINY_SIZES[split]
+        for first, second in zip(examples, in_workers[split], strict=True):
+            _assert_records_equal(first, second)
 
 
 def test_two_builds_are_identical(tiny, tmp_path):
