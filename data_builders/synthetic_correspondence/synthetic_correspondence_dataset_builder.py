@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import multiprocessing
 import os
+import pickle
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,8 +39,8 @@ on a 32x32 target grid. Splits: a few labeled `train` pairs, many `unlabeled` pa
 instances (annotated, but only for measuring pseudo-label precision), `validation` and `test`.
 """
 
-# Splits this many pairs per core or larger render in worker processes, one per core: starting
-# one costs about a second, rendering a default-sized pair about 25 ms.
+# Splits of this many pairs per core or more render in worker processes, one per core: starting
+# one costs about a second, rendering a default-sized pair about 20 ms.
 PAIRS_PER_WORKER = 128
 
 _CITATION = """\
@@ -170,18 +172,13 @@ class SyntheticCorrespondence(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split: str, size: int) -> Iterator[tuple[int, dict[str, Any]]]:
         config = self.builder_config
-        render = functools.partial(
-            _render_features, config.seed, split, (config.min_image_size, config.max_image_size)
-        )
+        image_size = (config.min_image_size, config.max_image_size)
         workers = _render_workers(size)
         if workers < 2:
+            render = functools.partial(_render_features, config.seed, split, image_size)
             yield from enumerate(map(render, range(size)))
-            return
-        # Each pair is a pure function of its index, so worker processes render them in any
-        # order and `imap` hands them back in index order: the same files as rendering here.
-        # "spawn": the parent may run JAX, whose threads make a forked child unsafe.
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            yield from enumerate(pool.imap(render, range(size), chunksize=16))
+        else:
+            yield from enumerate(_render_in_workers(config.seed, split, image_size, size, workers))
 
 
 # `<config>_seed<N>`, N >= 1 without leading zeros: seed 0 is the named config itself.
@@ -215,6 +212,58 @@ def _render_workers(size: int) -> int:
     """How many processes render a split of `size` pairs: one per core, PAIRS_PER_WORKER each."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return min(cores or 1, size // PAIRS_PER_WORKER)
+
+
+# A render worker: pairs k, k + n, k + 2n, ... of a split, pickled to stdout in that order.
+_RENDER_WORKER = """
+import pickle, sys
+from data_builders.synthetic_correspondence.synthetic_correspondence_dataset_builder import (
+    _render_features,
+)
+seed, split, low, high, k, n, size = sys.argv[1:]
+for index in range(int(k), int(size), int(n)):
+    features = _render_features(int(seed), split, (int(low), int(high)), index)
+    pickle.dump(features, sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    sys.stdout.buffer.flush()
+"""
+
+
+def _render_in_workers(
+    seed: int, split: str, image_size: tuple[int, int], size: int, workers: int
+) -> Iterator[dict]:
+    """Pairs 0 .. size - 1 in index order, rendered by `workers` Python processes in turn.
+
+    Each pair is a pure function of its index, so the files are those of rendering here. The
+    workers are plain `python -c` processes, not `multiprocessing` ones: those import the
+    caller's main script again (a script without a `__main__` guard would build recursively),
+    and forking a process that runs JAX is unsafe.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sys.path))}
+    args = [str(seed), split, *map(str, image_size)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RENDER_WORKER, *args, str(k), str(workers), str(size)],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        for k in range(workers)
+    ]
+    try:
+        for index in range(size):
+            worker = procs[index % workers]
+            try:
+                yield pickle.load(worker.stdout)
+            except EOFError:
+                code = worker.wait()
+                raise RuntimeError(
+                    f"A render worker of split {split!r} stopped at pair {index} (exit code "
+                    f"{code}; its error is above)"
+                ) from None
+    finally:
+        for worker in procs:
+            worker.kill()
+            worker.wait()
+            worker.stdout.close()
 
 
 def _render_features(seed: int, split: str, image_size: tuple[int, int], index: int) -> dict:
