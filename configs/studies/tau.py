@@ -4,9 +4,9 @@
 
 One student generation per run; the cells share each seed's teacher (study.py), so they compare
 students of the very same teacher. docs/studies/tau.* is this study on the fine-tuned default of
-9ec3f30 (its default tau then 0.5; 0.7 since 503a0bc); docs/studies/tau_frozen.* on the frozen default before it (weak student augmentation,
-confidence at the readout's temperature); docs/studies/tau_strong.* the same on b7f3373, whose
-students augmented strongly.
+9ec3f30 (its default tau then 0.5; 0.7 since 503a0bc); docs/studies/tau_frozen.* on the frozen
+default before it (weak student augmentation, confidence at the readout's temperature);
+docs/studies/tau_strong.* the same on b7f3373, whose students augmented strongly.
 """
 
 
