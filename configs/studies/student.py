@@ -5,9 +5,10 @@ consistency check (0.5 cells), each against the default student (weak augmentati
     python -m matchme_jax.study --study=configs/studies/student.py --workdir=W --teachers=T
 
 One student generation per run; with one --teachers folder every cell learns from the same teacher
-per seed. docs/studies/student.* is this study on the frozen default before 9ec3f30 (tau 0.7; not
-yet rerun on the fine-tuned default); docs/studies/student_strong.* asked the same on b7f3373,
-whose students augmented strongly (configs/studies/student_strong.py).
+per seed. docs/studies/student.* is this study on the fine-tuned default (tau 0.7, 8743cba);
+docs/studies/student_frozen.* on the frozen default before 9ec3f30 (also tau 0.7);
+docs/studies/student_strong.* asked the same on b7f3373, whose students augmented strongly
+(configs/studies/student_strong.py).
 """
 
 from matchme_jax import defaults
