@@ -25,18 +25,18 @@ if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
 
-# The longest files, longest first (seconds in one suite on 2 cores, 2026-12-06). They start
+# The longest files, longest first (by their seconds in the suites of 2026-12-06). They start
 # first so that no worker is left with one of them while the other has nothing to do: given in
 # alphabetical order, the train parity file started last and ran alone for minutes.
 LONGEST_FIRST = (
-    "test_train_parity.py",  # 250-400
-    "test_dinov2_cats.py",  # 190
-    "test_parallel.py",  # 110-160
-    "test_cats_parity.py",  # 110
-    "test_catspp_parity.py",  # 105
-    "test_resume.py",  # 100
-    "test_selftrain.py",  # 90
-    "test_study.py",  # 80
+    "test_train_parity.py",
+    "test_dinov2_cats.py",
+    "test_parallel.py",
+    "test_cats_parity.py",
+    "test_catspp_parity.py",
+    "test_resume.py",
+    "test_selftrain.py",
+    "test_study.py",
 )
 
 
@@ -75,10 +75,11 @@ def quick_compiles(request):
     """XLA's CPU backend without most optimisations, for every module but `full_optimization`.
 
     Most tests compile far more than they run, and the unoptimised backend compiles about twice
-    as fast (a tiny CATs++ run: 41 s against 68 s). Its results differ from the optimised ones in
-    the last bits, so modules that compare with the official code's outputs opt out with
-    `pytestmark = pytest.mark.full_optimization`. Module-scoped, so that a module's expensive
-    fixtures compile the way its tests do.
+    as fast (a tiny CATs++ run, cold, with the equivalent XLA flag
+    --xla_backend_optimization_level=0: 41 s against 68 s). Its results differ from the
+    optimised ones in the last bits, so modules that compare with the official code's outputs
+    opt out with `pytestmark = pytest.mark.full_optimization`. Module-scoped, so that a
+    module's expensive fixtures compile the way its tests do.
     """
     if request.node.get_closest_marker("full_optimization"):
         yield

@@ -28,14 +28,18 @@ def _build(data_dir: str) -> SyntheticCorrespondence:
     return builder
 
 
+def _stored(builder: SyntheticCorrespondence) -> dict[str, list[dict[str, Any]]]:
+    """Every example of every split in the order of its files (which follows the keys)."""
+    sources = {split: builder.as_data_source(split) for split in TINY_SIZES}
+    return {split: [source[i] for i in range(len(source))] for split, source in sources.items()}
+
+
 def _read_all(builder: SyntheticCorrespondence) -> dict[str, list[dict[str, Any]]]:
     """Every example of every split, sorted by pair id."""
-    splits = {}
-    for split in TINY_SIZES:
-        source = builder.as_data_source(split)
-        examples = [source[i] for i in range(len(source))]
-        splits[split] = sorted(examples, key=lambda example: example["pair_id"])
-    return splits
+    return {
+        split: sorted(examples, key=lambda example: example["pair_id"])
+        for split, examples in _stored(builder).items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +59,6 @@ def _assert_records_equal(first: dict[str, Any], second: dict[str, Any]) -> None
 
 def test_split_sizes_are_exact(tiny):
     assert {split: len(examples) for split, examples in tiny.items()} == TINY_SIZES
-
-
-def _stored(builder: SyntheticCorrespondence) -> dict[str, list[dict[str, Any]]]:
-    """Every example of every split in the order of its files (which follows the keys)."""
-    sources = {split: builder.as_data_source(split) for split in TINY_SIZES}
-    return {split: [source[i] for i in range(len(source))] for split, source in sources.items()}
 
 
 def test_worker_processes_write_the_same_files(tmp_path, monkeypatch):
