@@ -8,13 +8,16 @@
   `DatasetFileError` that names the file and what is wrong with it.
 * `encode_png`: uint8 pixels as PNG bytes, for builders that make or change pixels.
 * `training_images`: the distinct images of a prepared split, for drawing unlabeled pairs.
-* `prepare`: `download_and_prepare`, then `remove_stale_incomplete`, which deletes what
-  interrupted preparations of the dataset left.
+* `prepare`: `download_and_prepare` where the data is not prepared, one process at a time
+  (`preparation_lock`), then `remove_stale_incomplete`, which deletes what interrupted
+  preparations of the dataset left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
@@ -23,6 +26,7 @@ import shutil
 import tarfile
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -345,12 +349,48 @@ def training_images(
 
 
 def prepare(
-    builder: tfds.core.DatasetBuilder, download_config: tfds.download.DownloadConfig
-) -> None:
-    """`builder.download_and_prepare`, then what interrupted earlier preparations left removed."""
-    started = time.time()
-    builder.download_and_prepare(download_config=download_config)
-    remove_stale_incomplete(builder, started)
+    make_builder: Callable[[], tfds.core.DatasetBuilder],
+    download_config: tfds.download.DownloadConfig,
+) -> tfds.core.DatasetBuilder:
+    """`make_builder()`'s builder, its data prepared first where it is not.
+
+    Preparations of one dataset take turns (`preparation_lock`): two runs started at once on a
+    fresh data dir would otherwise both prepare it, and the later one fail in TFDS's final rename.
+    The builder is made again once the lock is held, so that one which waited sees the data the
+    other prepared. A preparation ends by removing what interrupted earlier ones left.
+    """
+    with preparation_lock(make_builder()):
+        builder = make_builder()
+        if not builder.is_prepared():
+            started = time.time()
+            builder.download_and_prepare(download_config=download_config)
+            remove_stale_incomplete(builder, started)
+    return builder
+
+
+@contextlib.contextmanager
+def preparation_lock(builder: tfds.core.DatasetBuilder) -> Iterator[None]:
+    """Holds an exclusive lock on the folder of `builder`'s dataset while inside.
+
+    An advisory `flock` on the folder itself, so that nothing is left beside the versions; the
+    kernel releases it when its holder exits, killed or not. Remote data dirs (gs://...) are not
+    locked; neither are filesystems without `flock` (logged).
+    """
+    data_path = os.fspath(builder.data_path)
+    if "://" in data_path:
+        yield
+        return
+    dataset_dir = Path(data_path).parent
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    folder = os.open(dataset_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+        except OSError as err:
+            logging.warning("Preparing %s unlocked: %s", dataset_dir, err)
+        yield
+    finally:
+        os.close(folder)  # releases the lock
 
 
 def remove_stale_incomplete(builder: tfds.core.DatasetBuilder, before: float) -> list[Path]:

@@ -50,12 +50,10 @@ def prepare(
         The prepared builder.
     """
     data_builders.register()
-    builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
-    common.prepare(
-        builder,
+    return common.prepare(
+        lambda: tfds.builder(dataset, data_dir=data_dir, file_format="array_record"),
         tfds.download.DownloadConfig(manual_dir=manual_dir, register_checksums=register_checksums),
     )
-    return builder
 
 
 def main(argv: Sequence[str]) -> None:

@@ -10,11 +10,13 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from safetensors.numpy import save_file
 from subprocess_env import ROOT, subprocess_env
 from test_config import load
@@ -261,6 +263,27 @@ def test_only_stale_incomplete_folders_of_the_dataset_are_removed(tmp_path):
     builder = SimpleNamespace(data_path=version_dir)
     assert common.remove_stale_incomplete(builder, start) == [stale]
     assert not stale.exists() and live.exists() and other.exists() and version_dir.exists()
+
+
+def test_runs_preparing_one_dataset_at_once_take_turns(tmp_path, monkeypatch):
+    """Two runs started together on a fresh data dir: one prepares the dataset, the other waits
+    and opens it (unlocked, both prepared it and the later failed in TFDS's final rename)."""
+    dataset_cfg = load("synthetic.py:tiny").dataset
+    dataset_cfg.data_dir = str(tmp_path)
+    download_and_prepare = tfds.core.DatasetBuilder.download_and_prepare
+    preparations = []
+
+    def slow(builder, *args, **kwargs):
+        preparations.append(builder.name)
+        time.sleep(1)  # the other run has looked for the data by now
+        return download_and_prepare(builder, *args, **kwargs)
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", slow)
+    with ThreadPoolExecutor(2) as pool:
+        builders = list(pool.map(lambda _: sources.prepare(dataset_cfg), range(2)))
+    assert preparations == ["synthetic_correspondence"]
+    sizes = [builder.info.splits["test"].num_examples for builder in builders]
+    assert sizes[0] == sizes[1] > 0
 
 
 def test_a_successful_preparation_removes_what_an_interrupted_one_left(tmp_path):

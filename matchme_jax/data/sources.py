@@ -78,7 +78,7 @@ def _prepared(builder_fn: Callable[[], tfds.core.DatasetBuilder], manual_dir, wh
     builder = builder_fn()
     if not builder.is_prepared():
         logging.info("Preparing %s in %s", what, builder.data_dir)
-        common.prepare(builder, tfds.download.DownloadConfig(manual_dir=manual_dir))
+        builder = common.prepare(builder_fn, tfds.download.DownloadConfig(manual_dir=manual_dir))
     if several and parallel.is_main_process():
         multihost_utils.sync_global_devices(f"prepared {what}")
     return builder
