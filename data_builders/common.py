@@ -385,6 +385,9 @@ def preparation_lock(builder: tfds.core.DatasetBuilder) -> Iterator[None]:
     folder = os.open(dataset_dir, os.O_RDONLY)
     try:
         try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logging.info("Waiting for another process's preparation of %s", dataset_dir)
             fcntl.flock(folder, fcntl.LOCK_EX)
         except OSError as err:
             logging.warning("Preparing %s unlocked: %s", dataset_dir, err)
