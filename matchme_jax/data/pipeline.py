@@ -118,7 +118,7 @@ def training_iterator(
     shard_index: int = 0,
     shard_count: int = 1,
 ) -> grain.DatasetIterator:
-    """Endless shuffled batches drawn from `sources` in proportion to `weights`.
+    """Endless shuffled batches drawn from `sources` in proportion to `weights` (>= 0).
 
     Each source is shuffled anew every epoch from `seed`; the iterator's state (`get_state`)
     goes into the checkpoint so that a resumed run sees the same batches.
@@ -132,11 +132,14 @@ def training_iterator(
             f"Cannot read shard {shard_index} of {shard_count} with batches of {batch_size}: "
             f"set config.train.batch_size to a multiple of the process count ({shard_count})."
         )
-    parts = [
-        _prepared(src, dataset_cfg).seed(seed + i).shuffle().repeat()
-        for i, src in enumerate(sources)
-    ]
-    ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights=list(weights))
+    # A source of weight 0 is left out (grain mixes only positive weights); the others keep the
+    # seeds of their positions, so that their streams do not depend on it.
+    parts, kept = [], []
+    for i, (src, weight) in enumerate(zip(sources, weights, strict=True)):
+        if weight > 0:
+            parts.append(_prepared(src, dataset_cfg).seed(seed + i).shuffle().repeat())
+            kept.append(weight)
+    ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights=kept)
     if shard_count > 1:
         ds = ds[shard_index::shard_count]
     ds = ds.batch(batch_size // shard_count, drop_remainder=True)
