@@ -2,12 +2,12 @@
 
 import gzip
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from subprocess_env import subprocess_env
 from test_config import load
 
 from matchme_jax import bench
@@ -35,8 +35,9 @@ def result(tfds_dir, tmp_path_factory) -> dict:
         "--warmup=1",
         "--input_batches=2",
     ]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(out.read_text())
 

@@ -1,7 +1,6 @@
 """Backbone pretraining on generator-rendered objects (matchme_jax/pretrain.py)."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -9,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from subprocess_env import subprocess_env
 from test_config import ROOT
 
 from data_builders.synthetic_correspondence import generator as gen
@@ -168,8 +168,9 @@ def test_the_command_line_writes_the_weights_and_its_record(tmp_path):
         f"--config={ROOT / 'configs' / 'pretrain' / 'synthetic.py'}:tiny",
         f"--out={out}",
     ]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["command"].startswith("python -m matchme_jax.pretrain --config=")
@@ -179,5 +180,6 @@ def test_the_command_line_writes_the_weights_and_its_record(tmp_path):
 def test_importing_it_defines_no_flags():
     # absl flags are global: a module-level `--config` would clash with run.py's in one process.
     code = "import matchme_jax.pretrain, matchme_jax.study"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(), check=True, timeout=120
+    )

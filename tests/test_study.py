@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from subprocess_env import subprocess_env
 
 from matchme_jax import config_checks, defaults, study
 
@@ -157,7 +158,11 @@ def test_run_one_names_the_error_of_a_failed_run(tmp_path):
     assert "\n" not in failure.value.reason
 
 
-def test_a_real_tiny_run_takes_the_flags_and_resumes_after_a_shared_teacher(tmp_path, tfds_dir):
+def test_a_real_tiny_run_takes_the_flags_and_resumes_after_a_shared_teacher(
+    tmp_path, tfds_dir, monkeypatch
+):
+    # run.py inherits this environment: quick compiles, as every test's subprocess.
+    monkeypatch.setenv("XLA_FLAGS", subprocess_env()["XLA_FLAGS"])
     path = _write_study(
         tmp_path / "s.py",
         cells={"one generation": {"selftrain.generations": 1}, "tau": {"selftrain.tau": 0.1}},
