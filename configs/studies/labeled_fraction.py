@@ -7,7 +7,7 @@ point each, against some 8 keypoints on each of the 200 labeled pairs: at a half
 (0.5) the student sees each labeled pair half as often as its teacher did. One student generation
 per run; with one --teachers folder every cell learns from the same teacher per seed.
 docs/studies/labeled_fraction.* is this study on d2980e6 (its 0.5 cell = the tau=0.7 cell of
-docs/studies/tau.*).
+docs/studies/tau_half.*).
 """
 
 
