@@ -8,24 +8,23 @@ and the few-labels study's annotator (half of each student batch pseudo-labelled
 forward-backward check) 2.9, from a teacher at 21. Each count N keeps one fixed random draw of N
 labeled pairs (`dataset.train_pairs`), trains its own teacher, and compares that annotator's
 student with the default student (tau 0.7, labeled pairs 95 % of a batch) and with the oracle at
-the annotator's mix. The 50-pair cells are the few-labels study's
-"tau 0.5, check" and the labels study's oracle.
+the annotator's mix. The 50-pair cells are the few-labels study's "tau 0.5, check" and the labels
+study's oracle. docs/studies/label_count.* is this study on 284c0ae.
 """
 
 LABELED_PAIRS = (150, 120, 100)
+# The few-labels study's choice on validation (configs/studies/few_labels.py, "tau 0.5, check").
+FEW_LABELS_ANNOTATOR = {"selftrain.tau": 0.5, "selftrain.consistency_radius": 0.5}
 
 
 def get_study() -> dict:
     cells = {}
     for n in LABELED_PAIRS:
-        cells[f"{n} labeled pairs, the default student"] = {"dataset.train_pairs": n}
-        fewer = {"dataset.train_pairs": n, "selftrain.labeled_fraction": 0.5}
-        cells[f"{n} labeled pairs, half, tau 0.5, check"] = {
-            **fewer,
-            "selftrain.tau": 0.5,
-            "selftrain.consistency_radius": 0.5,
-        }
-        cells[f"{n} labeled pairs, oracle"] = {**fewer, "selftrain.annotator": "oracle"}
+        labels = {"dataset.train_pairs": n}
+        half = {**labels, "selftrain.labeled_fraction": 0.5}
+        cells[f"{n} labeled pairs, the default student"] = labels
+        cells[f"{n} labeled pairs, half, tau 0.5, check"] = {**half, **FEW_LABELS_ANNOTATOR}
+        cells[f"{n} labeled pairs, oracle"] = {**half, "selftrain.annotator": "oracle"}
     return dict(
         config="configs/synthetic.py",
         overrides={"selftrain.generations": 1},
