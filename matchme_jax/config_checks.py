@@ -95,9 +95,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(st.query in QUERIES, "selftrain.query", f"one of {QUERIES}")
     need(st.annotator in ANNOTATORS, "selftrain.annotator", f"one of {ANNOTATORS}")
     need(
-        st.annotator != "oracle" or st.unlabeled_pairs == "split",
+        st.query != "true_keypoints" or st.unlabeled_pairs == "split",
+        "selftrain.query",
+        "'true_keypoints' reads the unlabeled split's keypoints: needs "
+        "selftrain.unlabeled_pairs='split'",
+    )
+    need(
+        st.annotator == "teacher" or st.unlabeled_pairs == "split",
         "selftrain.annotator",
-        "'oracle' reads the unlabeled split's keypoints: needs selftrain.unlabeled_pairs='split'",
+        f"{st.annotator!r} reads the unlabeled split's truth: needs "
+        "selftrain.unlabeled_pairs='split'",
     )
     need(
         st.unlabeled_pairs in UNLABELED_PAIRS,

@@ -184,10 +184,13 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             generations=2,  # student generations after the generation-0 teacher
             # teacher: the previous generation annotates | oracle: a diagnostic, never a
-            # default; the unlabeled pairs' own keypoints (the ceiling of any pseudo labels)
+            # default; the unlabeled pairs' own keypoints (the ceiling of any pseudo labels) |
+            # oracle_dense: a diagnostic; true points drawn from the generator's dense truth
             annotator="teacher",
             tau=0.7,  # keep a pseudo correspondence when its confidence >= tau
-            query="bbox",  # bbox: target cells inside the target box | all: every cell
+            # bbox: target cells inside the target box | all: every cell | true_keypoints: a
+            # diagnostic, never a default: the unlabeled pairs' own target keypoints (hidden truth)
+            query="bbox",
             # Unlabeled pairs: "split" draws from dataset.unlabeled_split; "train_images" pairs the
             # training images anew (same category), never reading those pairs' annotation;
             # "folder" pairs the user's own images in unlabeled_folder/<category>/<image>.

@@ -145,6 +145,8 @@ def _pseudo_labels(config, workdir: Path, generation: int, annotate_step, teache
     else:
         if st.annotator == "oracle":
             pseudo, stats = annotate.true_labels(subset, st.max_pseudo_points)
+        elif st.annotator == "oracle_dense":
+            pseudo, stats = annotate.dense_true_labels(subset, st.max_pseudo_points)
         else:
             pseudo, stats = annotate.annotate_pairs(
                 annotate_step,

@@ -164,3 +164,34 @@ def test_the_oracle_annotator_gives_each_pairs_own_keypoints():
     assert (stats["annotator"], stats["pairs"], stats["points"]) == ("oracle", 2, 7)
     with pytest.raises(ValueError, match="needs unlabeled pairs with annotated keypoints"):
         annotate.true_labels([{"source_image": np.zeros((4, 4, 3))}], max_points=4)
+
+
+def test_the_dense_oracle_draws_visible_points_of_the_dense_truth():
+    g = 4
+    mask = np.zeros((g, g), bool)
+    mask[1, 2] = mask[3, 0] = mask[2, 2] = True
+    # The true source point of target grid point [j, i]: (100 + i, 200 + j).
+    j, i = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
+    dense = np.stack([100.0 + i, 200.0 + j], -1).astype(np.float32)
+    pair = {
+        "target_image": np.zeros((40, 80, 3), np.uint8),  # H 40, W 80: cells 20 x 10 px
+        "dense_correspondence": dense,
+        "dense_correspondence_mask": mask,
+    }
+    empty = {**pair, "dense_correspondence_mask": np.zeros((g, g), bool)}
+    pseudo, stats = annotate.dense_true_labels([pair, empty, pair], max_points=2)
+    np.testing.assert_array_equal(pseudo["index"], [0, 2])  # no visible point: dropped
+    np.testing.assert_array_equal(pseudo["mask"], [[1, 1], [1, 1]])
+    for row in range(2):
+        for target, source in zip(
+            pseudo["target_keypoints"][row], pseudo["source_keypoints"][row], strict=True
+        ):
+            gi, gj = int(target[0] // 20), int(target[1] // 10)  # the grid point drawn
+            assert mask[gj, gi]
+            np.testing.assert_allclose(target, [(gi + 0.5) * 20, (gj + 0.5) * 10])
+            np.testing.assert_allclose(source, [100 + gi, 200 + gj])
+    assert (stats["annotator"], stats["pairs"], stats["points"]) == ("oracle_dense", 2, 4)
+    again, _ = annotate.dense_true_labels([pair, empty, pair], max_points=2)
+    np.testing.assert_array_equal(again["target_keypoints"], pseudo["target_keypoints"])
+    with pytest.raises(ValueError, match="needs unlabeled pairs with the generator's dense truth"):
+        annotate.dense_true_labels([{"source_image": np.zeros((4, 4, 3))}], max_points=2)

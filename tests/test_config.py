@@ -75,7 +75,7 @@ def test_bad_values_are_listed_in_one_error():
         config_checks.validate(config)
     message = str(error.value)
     for field in (
-        "selftrain.annotator='oracle': 'oracle' reads the unlabeled split's keypoints",
+        "selftrain.annotator='oracle': 'oracle' reads the unlabeled split's truth",
         "evals.test.type='pcks': use one of ('pck', 'corruptions', 'pseudo_labels')",
         "evals.validation.modes=('evaluate', 'sometimes'): modes among",
         "evals.role: the name is taken by summary.json",

@@ -111,3 +111,43 @@ def test_consistency_check_keeps_only_cells_whose_round_trip_returns(tfds_dir):
     assert stats["pairs"] == pairs and stats["points"] == pairs * expected_points
     assert stats["cells_failing_round_trip"] == pairs * int((~even).sum())
     assert stats["consistency_radius"] == 1.0
+
+
+def test_the_true_keypoints_query_asks_the_teacher_at_each_pairs_own_target_keypoints(tfds_dir):
+    config = load("synthetic.py:tiny")
+    config.dataset.data_dir = tfds_dir
+    config.selftrain.update(tau=0.5, query="true_keypoints")
+    cells, size = config.model.feature_size, config.dataset.image_size
+    # Zero flow: each target keypoint maps onto the same canvas point in the source. The
+    # confidence clears tau on the left half of the grid only.
+    confidence = np.zeros((cells, cells), np.float32)
+    confidence[:, : cells // 2] = 0.9
+
+    def teacher(variables, batch):
+        b = len(batch["target_image"])
+        return {
+            "flow": np.zeros((b, cells, cells, 2), np.float32),
+            "confidence": np.broadcast_to(confidence, (b, cells, cells)),
+        }
+
+    unlabeled = sources.open_split(config.dataset, config.dataset.unlabeled_split)
+    pseudo, stats = annotate.annotate_pairs(
+        teacher, None, unlabeled, config.dataset, config.selftrain, batch_size=4
+    )
+    assert stats["points"] > 0
+    for row, index in enumerate(pseudo["index"]):
+        example = unlabeled[int(index)]
+        h, w = example["target_image"].shape[:2]
+        scale = np.array([w, h], np.float32) / size
+        canvas = example["target_keypoints"] / scale  # the keypoints in the canvas
+        kept_canvas = pseudo["target_keypoints"][row][pseudo["mask"][row]] / scale
+        # Exactly the keypoints on the confident (left) half, each one once.
+        left = canvas[canvas[:, 0] + 0.5 < size / 2]
+        np.testing.assert_allclose(np.sort(kept_canvas, 0), np.sort(left, 0), atol=1e-3)
+        # Zero flow: the source point is the target point, in the source image's own pixels.
+        source_scale = np.array(example["source_image"].shape[1::-1], np.float32) / size
+        np.testing.assert_allclose(
+            pseudo["source_keypoints"][row][pseudo["mask"][row]] / source_scale,
+            kept_canvas,
+            atol=1e-3,
+        )

@@ -4,7 +4,8 @@
   cells       cell geometry and selection (`cell_correspondences`, `candidate_cells`, ...);
   statistics  counts and precision of what was kept, and the tau sweep (`sweep_tau`);
   annotator   the annotation pass over a split (`annotate_pairs`);
-  oracle      the pairs' own keypoints as pseudo labels (`true_labels`);
+  oracle      the pairs' own keypoints, or dense truth, as pseudo labels (`true_labels`,
+              `dense_true_labels`);
   store       the files: `save`, `load`, `save_tau_sweep`.
 
 The names below load their module on first use, so that importing `matchme_jax.annotate.step`
@@ -15,7 +16,7 @@ import importlib
 
 # Who labels the unlabeled pairs (`config.selftrain.annotator`): the previous generation, or (a
 # diagnostic, never a default) the pairs' own annotation, the ceiling of any pseudo labels.
-ANNOTATORS = ("teacher", "oracle")
+ANNOTATORS = ("teacher", "oracle", "oracle_dense")
 
 # Public name -> the module of this package that defines it.
 _MODULES = {
@@ -33,6 +34,7 @@ _MODULES = {
     "sweep_tau": "statistics",
     "annotate_pairs": "annotator",
     "true_labels": "oracle",
+    "dense_true_labels": "oracle",
     "PSEUDO_FILE": "store",
     "PSEUDO_KEYS": "store",
     "STATS_FILE": "store",

@@ -3,7 +3,8 @@
 For every target feature cell the teacher predicts a source point (its flow) and a confidence
 (the peak probability of its soft-argmax distribution over source cells). Cells with confidence
 >= tau (inside the target box, by default) become pseudo keypoint pairs, stored in original-image
-pixels so that the student's augmentation moves them exactly like ground truth.
+pixels so that the student's augmentation moves them exactly like ground truth. (A diagnostic,
+`selftrain.query="true_keypoints"`, asks at the pairs' own annotated target keypoints instead.)
 
 Optionally (`selftrain.consistency_radius`), the teacher also annotates the swapped pair, and a
 cell is kept only when its round trip target -> source -> target returns within that many feature
@@ -22,6 +23,7 @@ from matchme_jax.annotate.cells import (
     candidate_cells,
     cell_correspondences,
     keep_most_confident,
+    keypoint_correspondences,
     round_trip_error,
     to_original,
     truth_distance,
@@ -68,7 +70,13 @@ def annotate_pairs(
         batches, total=-(-len(source) // batch_size), desc=desc, unit="batches"
     ):
         out = parallel.run_on_full_batch(annotate_step, variables, pipeline.device_batch(batch))
-        target_c, source_c = cell_correspondences(out["flow"], image_size)
+        if selftrain_cfg.query == "true_keypoints":
+            target_c, source_c, conf = keypoint_correspondences(
+                out["flow"], out["confidence"], batch["target_keypoints"], image_size
+            )
+        else:
+            target_c, source_c = cell_correspondences(out["flow"], image_size)
+            conf = out["confidence"].reshape(len(out["confidence"]), -1)
         round_trip = None
         if radius is not None:
             round_trip = round_trip_error(target_c, source_c, out["backward_flow"], image_size)
@@ -82,8 +90,8 @@ def annotate_pairs(
             image_size=image_size,
             round_trip=round_trip,
             consistency_radius=radius,
+            keypoint_mask=batch["keypoint_mask"],
         )
-        conf = out["confidence"].reshape(len(out["confidence"]), -1)
         keep = keep_most_confident(conf, candidates, tau=selftrain_cfg.tau, max_points=m)
         target_o = to_original(target_c, batch["target_size"], image_size)
         source_o = to_original(source_c, batch["source_size"], image_size)

@@ -10,7 +10,9 @@ import numpy as np
 
 from matchme_jax import metrics
 
-QUERIES = ("bbox", "all")
+# Where the teacher is asked: target cells inside the target box, every cell, or (a diagnostic:
+# it reads the unlabeled pairs' hidden truth) the pair's own annotated target keypoints.
+QUERIES = ("bbox", "all", "true_keypoints")
 
 
 def _stride(h: int, w: int, image_size: int) -> np.ndarray:
@@ -36,6 +38,34 @@ def cell_correspondences(flow: np.ndarray, image_size: int) -> tuple[np.ndarray,
     target = np.broadcast_to(centres, (b, h * w, 2))
     source = target + flow.reshape(b, h * w, 2) * stride
     return target.astype(np.float32), source.astype(np.float32)
+
+
+def keypoint_correspondences(
+    flow: np.ndarray, confidence: np.ndarray, target_keypoints: np.ndarray, image_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Canvas-pixel (target point, source point) and confidence at given target points.
+
+    The source point is the flow read at the point itself (`metrics.flow_to_keypoints`,
+    "bilinear", as the evaluation transfers keypoints), the confidence that of its cell.
+
+    Args:
+      flow: [B, h, w, 2] in feature cells; confidence: [B, h, w].
+      target_keypoints: [B, K, 2] (x, y) canvas pixels.
+    Returns:
+      target_points, source_points: [B, K, 2]; confidence: [B, K].
+    """
+    b, h, w, _ = flow.shape
+    source = metrics.flow_to_keypoints(
+        jnp.asarray(flow), jnp.asarray(target_keypoints), image_size, mode="bilinear"
+    )
+    stride = _stride(h, w, image_size)
+    cell = np.clip((target_keypoints + 0.5) / stride, 0, [w - 1, h - 1]).astype(int)
+    rows = np.arange(b)[:, None]
+    return (
+        target_keypoints.astype(np.float32),
+        np.asarray(source, np.float32),
+        confidence[rows, cell[..., 1], cell[..., 0]],
+    )
 
 
 def round_trip_error(
@@ -70,17 +100,21 @@ def candidate_cells(
     image_size: int,
     round_trip: np.ndarray | None = None,
     consistency_radius: float | None = None,
+    keypoint_mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Cells that may become pseudo points at some tau: [B, h*w] bool.
+    """Cells that may become pseudo points at some tau: [B, N] bool.
 
-    A cell is a candidate when it is queried (inside the target box for query="bbox"), its
-    source point lies in the canvas, and, with a `consistency_radius`, its round trip ends
+    A cell is a candidate when it is queried (inside the target box for query="bbox"; for
+    "true_keypoints" the points are the pair's keypoint slots, and the filled ones are queried),
+    its source point lies in the canvas, and, with a `consistency_radius`, its round trip ends
     within that many cells of its start.
 
     Args:
-      target_points, source_points: [B, h*w, 2] (x, y) canvas pixels.
+      target_points, source_points: [B, N, 2] (x, y) canvas pixels, N = h*w cells (or the
+        keypoint slots of query="true_keypoints").
       target_bbox: [B, 4] (x0, y0, x1, y1) canvas pixels.
-      round_trip: [B, h*w] `round_trip_error`, needed with a consistency_radius.
+      round_trip: [B, N] `round_trip_error`, needed with a consistency_radius.
+      keypoint_mask: [B, N] the filled keypoint slots, needed with query="true_keypoints".
     """
     if query not in QUERIES:
         raise ValueError(f"config.selftrain.query={query!r}: use one of {QUERIES}.")
@@ -90,6 +124,8 @@ def candidate_cells(
         box = target_bbox[:, None, :]
         inside = (x >= box[..., 0]) & (x <= box[..., 2]) & (y >= box[..., 1]) & (y <= box[..., 3])
         candidates &= inside
+    elif query == "true_keypoints":
+        candidates &= keypoint_mask
     if consistency_radius is not None:
         candidates &= round_trip <= consistency_radius
     return candidates

@@ -1,7 +1,10 @@
-"""The oracle annotator: every pair's own annotated keypoints, as pseudo labels.
+"""The oracle annotators: the pairs' own truth, as pseudo labels.
 
-A diagnostic (`selftrain.annotator="oracle"`), never a default: a student trained on these shows
-the most any pseudo labels of these pairs can give.
+Diagnostics, never defaults. `selftrain.annotator="oracle"` gives every pair its annotated
+keypoints: a student trained on these shows the most any pseudo labels of these pairs can give.
+"oracle_dense" gives up to `max_pseudo_points` points drawn from the generator's dense truth: the
+most a dense annotator could give, and whether the number of points per pair, not the number of
+pairs, is what a student at a fixed budget lacks.
 """
 
 import numpy as np
@@ -35,6 +38,48 @@ def true_labels(source, max_points: int) -> tuple[dict[str, np.ndarray], dict]:
             padded[:n] = example[key][:n]
             rows[key].append(padded)
         rows["mask"].append(np.arange(m) < n)
+    return _labels(rows, m, len(source), "oracle")
+
+
+def dense_true_labels(source, max_points: int) -> tuple[dict[str, np.ndarray], dict]:
+    """As `true_labels`, but up to M points of each pair's dense truth instead of its keypoints.
+
+    The points are grid points of the generator's dense truth ([G, G] target points, each with
+    its true source point where the part is visible in both images), M drawn at random per pair
+    (seeded by the pair's position, so every run draws the same).
+    """
+    m = max_points
+    rows = {k: [] for k in ("index", "source_keypoints", "target_keypoints", "mask")}
+    for i in range(len(source)):
+        example = source[i]
+        if "dense_correspondence" not in example:
+            raise ValueError(
+                "selftrain.annotator='oracle_dense' needs unlabeled pairs with the generator's "
+                "dense truth (the synthetic benchmark, selftrain.unlabeled_pairs='split')."
+            )
+        visible = np.argwhere(example["dense_correspondence_mask"])  # [V, 2] (j, i)
+        if not len(visible):
+            continue
+        chosen = np.random.default_rng(i).permutation(len(visible))[:m]
+        j, k = visible[chosen].T
+        g = example["dense_correspondence_mask"].shape[0]
+        h, w = example["target_image"].shape[:2]
+        target = np.stack([(k + 0.5) * w / g, (j + 0.5) * h / g], -1)
+        n = len(chosen)
+        rows["index"].append(i)
+        for key, points in (
+            ("source_keypoints", example["dense_correspondence"][j, k]),
+            ("target_keypoints", target),
+        ):
+            padded = np.zeros((m, 2), np.float32)
+            padded[:n] = points
+            rows[key].append(padded)
+        rows["mask"].append(np.arange(m) < n)
+    return _labels(rows, m, len(source), "oracle_dense")
+
+
+def _labels(rows: dict[str, list], m: int, annotated: int, annotator: str) -> tuple[dict, dict]:
+    """The per-pair rows stacked into `annotate_pairs`' arrays, and their counts."""
     mask = np.asarray(rows["mask"], bool).reshape(-1, m)
     pseudo = {
         "index": np.asarray(rows["index"], np.int64),
@@ -45,8 +90,8 @@ def true_labels(source, max_points: int) -> tuple[dict[str, np.ndarray], dict]:
     }
     points, pairs = int(mask.sum()), len(pseudo["index"])
     stats = {
-        "annotator": "oracle",
-        "pairs_annotated": len(source),
+        "annotator": annotator,
+        "pairs_annotated": annotated,
         "pairs": pairs,
         "points": points,
         "points_per_pair": points / pairs if pairs else 0.0,
