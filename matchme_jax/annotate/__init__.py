@@ -14,8 +14,9 @@ The names below load their module on first use, so that importing `matchme_jax.a
 
 import importlib
 
-# Who labels the unlabeled pairs (`config.selftrain.annotator`): the previous generation, or (a
-# diagnostic, never a default) the pairs' own annotation, the ceiling of any pseudo labels.
+# Who labels the unlabeled pairs (`config.selftrain.annotator`): the previous generation, or
+# (diagnostics, never defaults) the pairs' own annotation, the ceiling of any pseudo labels, or
+# true points anywhere on the object from the generator's dense truth.
 ANNOTATORS = ("teacher", "oracle", "oracle_dense")
 
 # Public name -> the module of this package that defines it.

@@ -2,9 +2,9 @@
 
 Diagnostics, never defaults. `selftrain.annotator="oracle"` gives every pair its annotated
 keypoints: a student trained on these shows the most any pseudo labels of these pairs can give.
-"oracle_dense" gives up to `max_pseudo_points` points drawn from the generator's dense truth: the
-most a dense annotator could give, and whether the number of points per pair, not the number of
-pairs, is what a student at a fixed budget lacks.
+"oracle_dense" gives up to `max_pseudo_points` true points drawn anywhere on the object from the
+generator's dense truth: the most an annotator of feature cells, which are not at keypoints,
+could give.
 """
 
 import numpy as np
@@ -29,15 +29,8 @@ def true_labels(source, max_points: int) -> tuple[dict[str, np.ndarray], dict]:
                 "selftrain.annotator='oracle' needs unlabeled pairs with annotated keypoints "
                 "(selftrain.unlabeled_pairs='split' on the synthetic benchmark)."
             )
-        n = min(len(example["source_keypoints"]), m)
-        if not n:
-            continue
-        rows["index"].append(i)
-        for key in ("source_keypoints", "target_keypoints"):
-            padded = np.zeros((m, 2), np.float32)
-            padded[:n] = example[key][:n]
-            rows[key].append(padded)
-        rows["mask"].append(np.arange(m) < n)
+        if len(example["source_keypoints"]):
+            _add_pair(rows, i, example["source_keypoints"], example["target_keypoints"], m)
     return _labels(rows, m, len(source), "oracle")
 
 
@@ -65,17 +58,19 @@ def dense_true_labels(source, max_points: int) -> tuple[dict[str, np.ndarray], d
         g = example["dense_correspondence_mask"].shape[0]
         h, w = example["target_image"].shape[:2]
         target = np.stack([(k + 0.5) * w / g, (j + 0.5) * h / g], -1)
-        n = len(chosen)
-        rows["index"].append(i)
-        for key, points in (
-            ("source_keypoints", example["dense_correspondence"][j, k]),
-            ("target_keypoints", target),
-        ):
-            padded = np.zeros((m, 2), np.float32)
-            padded[:n] = points
-            rows[key].append(padded)
-        rows["mask"].append(np.arange(m) < n)
+        _add_pair(rows, i, example["dense_correspondence"][j, k], target, m)
     return _labels(rows, m, len(source), "oracle_dense")
+
+
+def _add_pair(rows: dict[str, list], index: int, source_points, target_points, m: int) -> None:
+    """Appends one pair's first M (source, target) points, padded to M, to `rows`."""
+    n = min(len(source_points), m)
+    rows["index"].append(index)
+    for key, points in (("source_keypoints", source_points), ("target_keypoints", target_points)):
+        padded = np.zeros((m, 2), np.float32)
+        padded[:n] = points[:n]
+        rows[key].append(padded)
+    rows["mask"].append(np.arange(m) < n)
 
 
 def _labels(rows: dict[str, list], m: int, annotated: int, annotator: str) -> tuple[dict, dict]:
