@@ -20,18 +20,16 @@ def true_labels(source, max_points: int) -> tuple[dict[str, np.ndarray], dict]:
       index [P] int64; source_keypoints, target_keypoints [P, M, 2] float32 original pixels;
       confidence [P, M] float32; mask [P, M] bool. Pairs without keypoints are left out.
     """
-    m = max_points
-    rows = {k: [] for k in ("index", "source_keypoints", "target_keypoints", "mask")}
-    for i in range(len(source)):
-        example = source[i]
+
+    def keypoints(index: int, example) -> tuple[np.ndarray, np.ndarray]:
         if "source_keypoints" not in example:
             raise ValueError(
                 "selftrain.annotator='oracle' needs unlabeled pairs with annotated keypoints "
                 "(selftrain.unlabeled_pairs='split' on the synthetic benchmark)."
             )
-        if len(example["source_keypoints"]):
-            _add_pair(rows, i, example["source_keypoints"], example["target_keypoints"], m)
-    return _labels(rows, m, len(source), "oracle")
+        return example["source_keypoints"], example["target_keypoints"]
+
+    return _labels(source, max_points, "oracle", keypoints)
 
 
 def dense_true_labels(source, max_points: int) -> tuple[dict[str, np.ndarray], dict]:
@@ -41,40 +39,45 @@ def dense_true_labels(source, max_points: int) -> tuple[dict[str, np.ndarray], d
     its true source point where the part is visible in both images), M drawn at random per pair
     (seeded by the pair's position, so every run draws the same).
     """
-    m = max_points
-    rows = {k: [] for k in ("index", "source_keypoints", "target_keypoints", "mask")}
-    for i in range(len(source)):
-        example = source[i]
+
+    def dense_points(index: int, example) -> tuple[np.ndarray, np.ndarray]:
         if "dense_correspondence" not in example:
             raise ValueError(
                 "selftrain.annotator='oracle_dense' needs unlabeled pairs with the generator's "
                 "dense truth (the synthetic benchmark, selftrain.unlabeled_pairs='split')."
             )
         visible = np.argwhere(example["dense_correspondence_mask"])  # [V, 2] (j, i)
-        if not len(visible):
-            continue
-        chosen = np.random.default_rng(i).permutation(len(visible))[:m]
-        j, k = visible[chosen].T
+        chosen = np.random.default_rng(index).permutation(len(visible))[:max_points]
+        j, i = visible[chosen].T
         g = example["dense_correspondence_mask"].shape[0]
         h, w = example["target_image"].shape[:2]
-        target = np.stack([(k + 0.5) * w / g, (j + 0.5) * h / g], -1)
-        _add_pair(rows, i, example["dense_correspondence"][j, k], target, m)
-    return _labels(rows, m, len(source), "oracle_dense")
+        target = np.stack([(i + 0.5) * w / g, (j + 0.5) * h / g], -1)
+        return example["dense_correspondence"][j, i], target
+
+    return _labels(source, max_points, "oracle_dense", dense_points)
 
 
-def _add_pair(rows: dict[str, list], index: int, source_points, target_points, m: int) -> None:
-    """Appends one pair's first M (source, target) points, padded to M, to `rows`."""
-    n = min(len(source_points), m)
-    rows["index"].append(index)
-    for key, points in (("source_keypoints", source_points), ("target_keypoints", target_points)):
-        padded = np.zeros((m, 2), np.float32)
-        padded[:n] = points[:n]
-        rows[key].append(padded)
-    rows["mask"].append(np.arange(m) < n)
+def _labels(source, m: int, annotator: str, points_of) -> tuple[dict, dict]:
+    """Every pair's first M true points, padded, as `annotate_pairs`' arrays; and their counts.
 
-
-def _labels(rows: dict[str, list], m: int, annotated: int, annotator: str) -> tuple[dict, dict]:
-    """The per-pair rows stacked into `annotate_pairs`' arrays, and their counts."""
+    `points_of(index, example)` gives a pair's (source, target) points, [N, 2] each; pairs with
+    none are left out.
+    """
+    rows = {k: [] for k in ("index", "source_keypoints", "target_keypoints", "mask")}
+    for index in range(len(source)):
+        source_points, target_points = points_of(index, source[index])
+        n = min(len(source_points), m)
+        if not n:
+            continue
+        rows["index"].append(index)
+        for key, pair_points in (
+            ("source_keypoints", source_points),
+            ("target_keypoints", target_points),
+        ):
+            padded = np.zeros((m, 2), np.float32)
+            padded[:n] = pair_points[:n]
+            rows[key].append(padded)
+        rows["mask"].append(np.arange(m) < n)
     mask = np.asarray(rows["mask"], bool).reshape(-1, m)
     pseudo = {
         "index": np.asarray(rows["index"], np.int64),
@@ -86,7 +89,7 @@ def _labels(rows: dict[str, list], m: int, annotated: int, annotator: str) -> tu
     points, pairs = int(mask.sum()), len(pseudo["index"])
     stats = {
         "annotator": annotator,
-        "pairs_annotated": annotated,
+        "pairs_annotated": len(source),
         "pairs": pairs,
         "points": points,
         "points_per_pair": points / pairs if pairs else 0.0,
