@@ -30,6 +30,30 @@ def test_every_config_and_its_tiny_variant_validate(name, arg):
     config_checks.validate(config)
 
 
+def test_the_long_synthetic_variant_changes_only_steps_and_the_student_settings():
+    """`:long` is the default with four times the steps for every generation and the
+    annotator and batch mix chosen at that budget; nothing else, so its teacher is the default's
+    trained longer."""
+    default, long = load("synthetic.py").to_dict(), load("synthetic.py:long")
+    config_checks.validate(long)
+    changed = {
+        (section, name)
+        for section, fields in long.to_dict().items()
+        if isinstance(fields, dict)
+        for name, value in fields.items()
+        if default[section].get(name) != value
+    }
+    assert changed == {
+        ("train", "steps"),
+        ("selftrain", "labeled_fraction"),
+        ("selftrain", "tau"),
+        ("selftrain", "consistency_radius"),
+    }
+    assert long.train.steps == 4 * default["train"]["steps"]
+    with pytest.raises(ValueError, match="':tiny' or ':long'"):
+        load("synthetic.py:longer")
+
+
 @pytest.mark.parametrize("name", [c for c in CONFIGS if c != "synthetic.py"])
 def test_real_benchmarks_read_with_worker_processes_tiny_variants_in_process(name):
     assert load(name).dataset.num_workers == defaults.REAL_DATA_WORKERS > 0
