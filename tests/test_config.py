@@ -30,26 +30,34 @@ def test_every_config_and_its_tiny_variant_validate(name, arg):
     config_checks.validate(config)
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """A nested config dict as {"section.field": value}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def test_the_long_synthetic_variant_changes_only_steps_and_the_student_settings():
     """`:long` is the default with four times the steps for every generation and the
     annotator and batch mix chosen at that budget; nothing else, so its teacher is the default's
     trained longer."""
-    default, long = load("synthetic.py").to_dict(), load("synthetic.py:long")
+    default, long = load("synthetic.py"), load("synthetic.py:long")
     config_checks.validate(long)
+    flat_default, flat_long = _flat(default.to_dict()), _flat(long.to_dict())
     changed = {
-        (section, name)
-        for section, fields in long.to_dict().items()
-        if isinstance(fields, dict)
-        for name, value in fields.items()
-        if default[section].get(name) != value
+        k for k in flat_long.keys() | flat_default.keys() if flat_long.get(k) != flat_default.get(k)
     }
     assert changed == {
-        ("train", "steps"),
-        ("selftrain", "labeled_fraction"),
-        ("selftrain", "tau"),
-        ("selftrain", "consistency_radius"),
+        "train.steps",
+        "selftrain.labeled_fraction",
+        "selftrain.tau",
+        "selftrain.consistency_radius",
     }
-    assert long.train.steps == 4 * default["train"]["steps"]
+    assert long.train.steps == 4 * default.train.steps
     with pytest.raises(ValueError, match="':tiny' or ':long'"):
         load("synthetic.py:longer")
 
