@@ -208,12 +208,13 @@ def _check_corruptions(field: str, ev, config: ml_collections.ConfigDict, proble
         )
 
 
-def _flatten(tree, prefix: str = "") -> dict:
+def flatten(tree, prefix: str = "") -> dict:
+    """A nested config dict as {"section.field": value}."""
     out = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
+            out.update(flatten(value, name + "."))
         else:
             out[name] = value
     return out
@@ -230,11 +231,11 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
     path = workdir / CONFIG_FILE
     current = json.loads(config.to_json())
     if path.exists():
-        now = _flatten(current)
+        now = flatten(current)
         # A field added since takes its default; only where this config has it (a CATs field
         # is no CATs++ field).
         added = {k: v for k, v in DEFAULT_FIELDS.items() if k in now}
-        saved = {**added, **_flatten(atomic.read_json(path, fix=CONFIG_FILE_FIX))}
+        saved = {**added, **flatten(atomic.read_json(path, fix=CONFIG_FILE_FIX))}
         saved = {k: v for k, v in saved.items() if not k.startswith(UNREAD_FIELDS)}
         differ = sorted(
             k

@@ -30,24 +30,13 @@ def test_every_config_and_its_tiny_variant_validate(name, arg):
     config_checks.validate(config)
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """A nested config dict as {"section.field": value}."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def test_the_long_synthetic_variant_changes_only_steps_and_the_student_settings():
     """`:long` is the default with four times the steps for every generation and the
     annotator and batch mix chosen at that budget; nothing else, so its teacher is the default's
     trained longer."""
     default, long = load("synthetic.py"), load("synthetic.py:long")
     config_checks.validate(long)
-    flat_default, flat_long = _flat(default.to_dict()), _flat(long.to_dict())
+    flat_default, flat_long = (config_checks.flatten(c.to_dict()) for c in (default, long))
     changed = {
         k for k in flat_long.keys() | flat_default.keys() if flat_long.get(k) != flat_default.get(k)
     }
