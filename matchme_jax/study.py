@@ -22,7 +22,9 @@ run's per-generation PCK and pseudo-label statistics with the mean and standard 
 cell, W/study.md the table and W/study.png the final PCK@0.1 per cell. A run that fails (say, a
 teacher that keeps no pseudo label at a high tau) is listed with its error in those files, the
 other runs go on, and the command exits with an error naming the failed runs once the tables are
-written.
+written. With --report_only nothing runs: the tables hold the runs finished so far and list the
+others as not finished (to follow a long sweep, or one whose runs were launched as separate jobs
+with the same workdirs).
 """
 
 import hashlib
@@ -226,11 +228,18 @@ def _mean_std(values: list) -> dict:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
 
 
-def collect(study: dict, planned: list[dict], done: dict, failed: dict | None = None) -> dict:
+def collect(
+    study: dict,
+    planned: list[dict],
+    done: dict,
+    failed: dict | None = None,
+    unfinished: tuple = (),
+) -> dict:
     """The study table: every run's rows, and per cell the mean and std over its seeds.
 
-    `failed`: workdir -> error of the runs that ended without results; they are listed, per cell
-    and in all, and left out of the means.
+    `failed`: workdir -> error of the runs that ended without results; `unfinished`: workdirs of
+    the runs not finished yet (a report only). Both are listed, per cell and in all, and left out
+    of the means.
     """
     failed = failed or {}
     table = {"config": study["config"], "overrides": study["overrides"], "cells": {}}
@@ -238,6 +247,11 @@ def collect(study: dict, planned: list[dict], done: dict, failed: dict | None = 
         {"cell": r["cell"], "seeds": r["seeds"], "workdir": str(r["workdir"]), "error": error}
         for r in planned
         if (error := failed.get(str(r["workdir"]))) is not None
+    ]
+    table["unfinished"] = [
+        {"cell": r["cell"], "seeds": r["seeds"], "workdir": str(r["workdir"])}
+        for r in planned
+        if str(r["workdir"]) in unfinished
     ]
     for cell in study["cells"]:
         cell_runs = [r for r in planned if r["cell"] == cell and str(r["workdir"]) in done]
@@ -260,6 +274,7 @@ def collect(study: dict, planned: list[dict], done: dict, failed: dict | None = 
                 for r, rows_ in zip(cell_runs, rows, strict=True)
             ],
             "failed": [f for f in table["failed"] if f["cell"] == cell],
+            "unfinished": [u for u in table["unfinished"] if u["cell"] == cell],
             "per_generation": summary if rows else {},
             "final_gain": _gains(rows, generations - 1) if rows else None,
         }
@@ -311,6 +326,9 @@ def markdown(table: dict) -> str:
     if table["failed"]:
         lines += ["", "Failed runs (left out of the means):", ""]
         lines += [f"- {f['workdir']}: {f['error']}" for f in table["failed"]]
+    if table["unfinished"]:
+        lines += ["", "Runs not finished yet (left out of the means):", ""]
+        lines += [f"- {u['workdir']}" for u in table["unfinished"]]
     return "\n".join(lines)
 
 
@@ -342,17 +360,19 @@ def run_study(
     workdir: str | Path,
     runner=run_one,
     teachers: str | Path | None = None,
+    report_only: bool = False,
 ) -> dict:
     """Runs every unfinished run of the study, then writes study.json, .md and .png.
 
-    `teachers`: the folder of shared teachers (default W/teachers).
+    `teachers`: the folder of shared teachers (default W/teachers). `report_only`: run nothing;
+    the tables hold the finished runs and list the others as unfinished.
     """
     study = load_study(study_path)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     teachers = Path(teachers) if teachers else workdir / TEACHERS_DIR
     planned = runs(study)
-    done, failed = {}, {}
+    done, failed, unfinished = {}, {}, []
     for r in planned:
         run_dir = workdir / r["workdir"]
         shared = teachers / r["teacher"] / "gen_0"
@@ -360,6 +380,8 @@ def run_study(
         if previous is not None:
             logging.info("Skipping %s: finished.", run_dir)
             done[str(r["workdir"])] = previous
+        elif report_only:
+            unfinished.append(str(r["workdir"]))
         else:
             share_teacher(run_dir, shared)
             try:
@@ -367,8 +389,9 @@ def run_study(
             except RunFailed as e:
                 logging.error("%s (the study goes on without it)", e)
                 failed[str(r["workdir"])] = e.reason
-        keep_teacher(run_dir, shared)
-    table = collect(study, planned, done, failed)
+        if not report_only:  # a report changes no folder but its tables
+            keep_teacher(run_dir, shared)
+    table = collect(study, planned, done, failed, tuple(unfinished))
     atomic.write_json(workdir / STUDY_FILE, table)
     atomic.write_text(workdir / TABLE_FILE, markdown(table) + "\n")
     plot(table, workdir / PLOT_FILE)
@@ -379,7 +402,12 @@ def run_study(
 def main(argv):
     del argv
     logging.set_verbosity(logging.INFO)
-    table = run_study(flags.FLAGS.study, flags.FLAGS.workdir, teachers=flags.FLAGS.teachers)
+    table = run_study(
+        flags.FLAGS.study,
+        flags.FLAGS.workdir,
+        teachers=flags.FLAGS.teachers,
+        report_only=flags.FLAGS.report_only,
+    )
     if table["failed"]:
         names = ", ".join(f["workdir"] for f in table["failed"])
         sys.exit(f"{len(table['failed'])} run(s) of the study failed: {names} (errors in study.md)")
@@ -390,6 +418,11 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Folder of the study's runs and tables.")
     flags.DEFINE_string(
         "teachers", None, "Folder of the teachers runs share (default: <workdir>/teachers)."
+    )
+    flags.DEFINE_bool(
+        "report_only",
+        False,
+        "Run nothing: write the tables from the runs finished so far, listing the others.",
     )
     flags.mark_flags_as_required(["study", "workdir"])
     app.run(main)

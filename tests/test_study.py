@@ -152,6 +152,31 @@ def test_a_failed_run_is_listed_and_the_others_go_on(tmp_path):
     assert (tmp_path / "W" / study.PLOT_FILE).stat().st_size > 0
 
 
+def test_a_report_runs_nothing_and_lists_the_unfinished_runs(tmp_path):
+    path = _write_study(tmp_path / "s.py")
+    for name, seed in (("tau=0.0/seed1", 1), ("tau=0.5/seed0", 0)):
+        (tmp_path / "W" / name).mkdir(parents=True)
+        (tmp_path / "W" / name / "results.json").write_text(json.dumps(_fake_results(seed, 0.5)))
+    running = tmp_path / "W" / "tau=0.5" / "seed1"  # in flight: no train_step_compilations yet
+    running.mkdir(parents=True)
+    in_flight = _fake_results(1, 0.5)
+    del in_flight["train_step_compilations"]
+    (running / "results.json").write_text(json.dumps(in_flight))
+
+    def runner(config, workdir, flags):
+        raise AssertionError(f"a report ran {workdir}")
+
+    table = study.run_study(path, tmp_path / "W", runner=runner, report_only=True)
+    assert [u["workdir"] for u in table["unfinished"]] == ["tau=0.0/seed0", "tau=0.5/seed1"]
+    assert table["failed"] == []
+    assert [r["workdir"] for r in table["cells"]["tau=0.5"]["runs"]] == ["tau=0.5/seed0"]
+    assert table["cells"]["tau=0.0"]["per_generation"]["test_pck@0.1"][2]["n"] == 1
+    md = (tmp_path / "W" / study.TABLE_FILE).read_text()
+    assert "Runs not finished yet (left out of the means):\n\n- tau=0.0/seed0\n" in md
+    assert not (tmp_path / "W" / study.TEACHERS_DIR).exists()  # nothing copied
+    assert not (tmp_path / "W" / "tau=0.0" / "seed0").exists()
+
+
 def test_run_one_names_the_error_of_a_failed_run(tmp_path):
     with pytest.raises(study.RunFailed, match=r"selftrain\.tau") as failure:
         study.run_one("configs/synthetic.py:tiny", tmp_path / "W", ["--config.selftrain.tau=2.0"])
