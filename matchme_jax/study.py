@@ -233,7 +233,7 @@ def collect(
     planned: list[dict],
     done: dict,
     failed: dict | None = None,
-    unfinished: tuple = (),
+    unfinished: tuple[str, ...] = (),
 ) -> dict:
     """The study table: every run's rows, and per cell the mean and std over its seeds.
 
