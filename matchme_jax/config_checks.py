@@ -47,6 +47,8 @@ HARMLESS_PREFIXES = ("evals.", "logging.")
 # Fields only the student generations read: while a workdir holds no student generation, they
 # may change (e.g. a lower tau after a run stopped because its teacher kept no pseudo label).
 STUDENT_PREFIXES = ("selftrain.", "augment.student.")
+# A finished run may continue for more generations: the ones it has were trained alike.
+GENERATIONS_FIELD = "selftrain.generations"
 # Fields a saved config.json may lack, with the value that means; and fields it may hold that no
 # run reads (the evaluation splits and SPair-C settings, now in `evals`).
 DEFAULT_FIELDS = {
@@ -226,7 +228,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
     A workdir holds the checkpoints of one config; continuing it with another would mix
     generations trained under different settings. One that holds nothing computed yet (no
     checkpoint, pseudo labels, summary or results: a run that failed before its first checkpoint,
-    e.g. on a wrong weights path) is fresh: its config.json is replaced by this one.
+    e.g. on a wrong weights path) is fresh: its config.json is replaced by this one. Only more
+    `selftrain.generations` than saved continues a run that holds students.
     """
     path = workdir / CONFIG_FILE
     current = json.loads(config.to_json())
@@ -261,6 +264,14 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
                 "this run's settings (%s).",
                 workdir,
                 ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in differ[:8]),
+            )
+            atomic.write_json(path, current)
+        elif differ == [GENERATIONS_FIELD] and now[GENERATIONS_FIELD] > saved[GENERATIONS_FIELD]:
+            logging.info(
+                "%s continues for more generations (%d -> %d); the ones it holds stay.",
+                workdir,
+                saved[GENERATIONS_FIELD],
+                now[GENERATIONS_FIELD],
             )
             atomic.write_json(path, current)
         elif differ:

@@ -199,6 +199,24 @@ def test_student_settings_may_change_until_a_student_generation_exists(tmp_path)
         config_checks.check_workdir(config, tmp_path)
 
 
+def test_a_finished_run_continues_for_more_generations_not_fewer(tmp_path):
+    config = load("synthetic.py:tiny")
+    config_checks.check_workdir(config, tmp_path)
+    _computed(tmp_path)
+    (tmp_path / "gen_2" / "checkpoints" / "3").mkdir(parents=True)  # students computed
+    config.selftrain.generations = 3
+    config_checks.check_workdir(config, tmp_path)
+    saved = json.loads((tmp_path / config_checks.CONFIG_FILE).read_text())
+    assert saved["selftrain"]["generations"] == 3
+    config.selftrain.generations = 2
+    with pytest.raises(ValueError, match=r"selftrain.generations: 3 -> 2"):
+        config_checks.check_workdir(config, tmp_path)
+    config.selftrain.generations = 4
+    config.selftrain.tau = 0.5  # with another student setting: refused
+    with pytest.raises(ValueError, match=r"selftrain.generations: 3 -> 4, selftrain.tau"):
+        config_checks.check_workdir(config, tmp_path)
+
+
 def test_workdir_of_another_generator_seed_is_refused_older_ones_are_seed_0(tmp_path):
     config = load("synthetic.py:tiny")
     config_checks.check_workdir(config, tmp_path)
