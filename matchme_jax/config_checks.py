@@ -228,8 +228,9 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
     A workdir holds the checkpoints of one config; continuing it with another would mix
     generations trained under different settings. One that holds nothing computed yet (no
     checkpoint, pseudo labels, summary or results: a run that failed before its first checkpoint,
-    e.g. on a wrong weights path) is fresh: its config.json is replaced by this one. Only more
-    `selftrain.generations` than saved continues a run that holds students.
+    e.g. on a wrong weights path) is fresh: its config.json is replaced by this one. A run
+    that holds students continues with another config only when that differs in a larger
+    `selftrain.generations` alone.
     """
     path = workdir / CONFIG_FILE
     current = json.loads(config.to_json())
