@@ -49,7 +49,11 @@ from matchme_jax.data.augment import AugmentStrength
 from matchme_jax.models import build_model
 from matchme_jax.models.backbones import is_trainable
 from matchme_jax.peaks import peak_flops
-from matchme_jax.train.state import create_train_state, make_optimizer
+from matchme_jax.train.state import (
+    create_train_state,
+    make_optimizer,
+    trains_soft_argmax_grids,
+)
 from matchme_jax.train.step import TrainStep
 
 MODES = ("train", "annotate", "input")
@@ -245,6 +249,7 @@ def train_row(
         total_steps=config.train.steps,
         freeze_backbone=model_cfg.freeze_backbone,
         trainable_backbone=functools.partial(is_trainable, model),
+        train_soft_argmax_grids=trains_soft_argmax_grids(config.train.loss),
     )
     train_step = TrainStep(
         model,

@@ -27,6 +27,7 @@ from matchme_jax.models.common import (
     Mlp,
     check_images,
     linspace_init,
+    readout_window_problems,
     soft_argmax_flow,
     trunc_normal_init,
 )
@@ -220,6 +221,12 @@ class CATs(nn.Module):
         num_heads: attention heads; must divide ``feature_size**2 + feature_proj_dim``.
         mlp_ratio: MLP hidden width over the token width.
         beta: soft-argmax temperature.
+        readout_window: 0, the official readout: the soft-argmax over every source cell. k
+            (odd): over the k x k source cells around the peak only, so that a match split
+            between neighbouring cells reads as a point between them, and a far second
+            candidate does not pull it. Not in the official code; for a model trained with the
+            cross-entropy (``config.train.loss``), whose distribution splits a point between its
+            nearest cells, read at a temperature (``beta``) where that split still shows.
         freeze_backbone: stop gradients at the backbone features.
         bn_mode: "official" (batch statistics while training, running stats updated with
             PyTorch semantics) or "frozen" (always the running statistics).
@@ -259,6 +266,7 @@ class CATs(nn.Module):
     num_heads: int = 6
     mlp_ratio: float = 4.0
     beta: float = 0.02
+    readout_window: int = 0
     freeze_backbone: bool = False
     bn_mode: str = "official"
     dtype: str = "float32"
@@ -427,7 +435,14 @@ class CATs(nn.Module):
         return [resize_bilinear_align_corners(t, self.feature_size) for t in taps]
 
     def _flow(self, refined: jnp.ndarray) -> jnp.ndarray:
-        return soft_argmax_flow(refined, self.x_normal, self.y_normal, self.beta, self.feature_size)
+        return soft_argmax_flow(
+            refined,
+            self.x_normal,
+            self.y_normal,
+            self.beta,
+            self.feature_size,
+            window=self.readout_window,
+        )
 
 
 def validate_cats_fields(model: CATs) -> None:
@@ -453,6 +468,7 @@ def validate_cats_fields(model: CATs) -> None:
         problems.append(f"mlp_ratio={model.mlp_ratio}: must be > 0")
     if model.beta <= 0:
         problems.append(f"beta={model.beta}: must be > 0")
+    problems += readout_window_problems(model.readout_window, model.feature_size)
     if model.confidence_temperature < 0:
         problems.append(
             f"confidence_temperature={model.confidence_temperature}: must be > 0, or 0 for beta"

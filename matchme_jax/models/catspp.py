@@ -35,6 +35,7 @@ from matchme_jax.models.common import (
     check_images,
     dot_product_attention,
     linspace_init,
+    readout_window_problems,
     soft_argmax_flow,
     trunc_normal_init,
 )
@@ -171,6 +172,8 @@ class CATsPP(nn.Module):
         affinity_dropout: Dropout2d rate on the appearance projections while training (needs
             a "dropout" rng then).
         beta: soft-argmax temperature.
+        readout_window: 0 (official) or the odd side of the source window around the peak
+            that the soft-argmax covers (as ``CATs.readout_window``). Not in the official code.
         freeze_backbone: stop gradients at the backbone features.
         bn_mode: "official" (batch statistics while training) or "frozen".
         dtype: compute dtype of the backbone, the 4-D ops and the attention; parameters stay
@@ -188,6 +191,7 @@ class CATsPP(nn.Module):
     mlp_ratio: float = 4.0
     affinity_dropout: float = 0.5
     beta: float = 0.02
+    readout_window: int = 0
     freeze_backbone: bool = False
     bn_mode: str = "official"
     dtype: str = "float32"
@@ -394,7 +398,14 @@ class CATsPP(nn.Module):
             )
 
     def _flow(self, refined: jnp.ndarray) -> jnp.ndarray:
-        return soft_argmax_flow(refined, self.x_normal, self.y_normal, self.beta, self.feature_size)
+        return soft_argmax_flow(
+            refined,
+            self.x_normal,
+            self.y_normal,
+            self.beta,
+            self.feature_size,
+            window=self.readout_window,
+        )
 
 
 def _split_levels(taps: list[jnp.ndarray], stage_blocks: tuple[int, ...]) -> list[list]:
@@ -442,6 +453,7 @@ def validate_catspp_fields(model: CATsPP) -> None:
         problems.append(f"affinity_dropout={model.affinity_dropout}: must be in [0, 1)")
     if model.beta <= 0:
         problems.append(f"beta={model.beta}: must be > 0")
+    problems += readout_window_problems(model.readout_window, model.feature_size)
     if model.bn_mode not in BN_MODES:
         problems.append(f"bn_mode={model.bn_mode!r}: use one of {BN_MODES}")
     if model.dtype not in DTYPES:

@@ -39,6 +39,7 @@ def soft_argmax_flow(
     y_normal: jnp.ndarray,
     beta: float,
     feature_size: int,
+    window: int = 0,
 ) -> jnp.ndarray:
     """The flow a refined correlation gives: beta-softmax over the source, soft-argmax.
 
@@ -47,6 +48,8 @@ def soft_argmax_flow(
         x_normal, y_normal: [feature_size] grid coordinates in [-1, 1].
         beta: soft-argmax temperature.
         feature_size: side n of the square grids.
+        window: 0 (official) or the side of the source window around the peak that the
+            softmax covers (`correlation.soft_argmax`).
 
     Returns:
         flow: [B, n, n, 2] (x, y) on the target grid pointing into the source, in cells.
@@ -58,8 +61,19 @@ def soft_argmax_flow(
         y_normal.astype(refined.dtype),
         beta,
         target_hw=(n, n),
+        window=window,
     )
     return correlation.grid_to_flow(grid_x, grid_y)
+
+
+def readout_window_problems(window: int, feature_size: int) -> list[str]:
+    """What is wrong with a ``readout_window`` (0, or odd and at most 2 * feature_size - 1)."""
+    if window == 0 or (window > 0 and window % 2 and window < 2 * feature_size):
+        return []
+    return [
+        f"readout_window={window}: 0 (the official soft-argmax over every source cell) or an "
+        f"odd side of at most {2 * feature_size - 1} cells"
+    ]
 
 
 def dot_product_attention(

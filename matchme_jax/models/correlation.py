@@ -82,6 +82,7 @@ def soft_argmax(
     y_normal: jnp.ndarray,
     beta: float,
     target_hw: tuple[int, int],
+    window: int = 0,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Expected source position of every target token under the beta-softmax over sources.
 
@@ -91,6 +92,8 @@ def soft_argmax(
         y_normal: [hs] source y coordinate of each row.
         beta: softmax temperature.
         target_hw: (ht, wt).
+        window: 0, the official softmax over every source token; k (odd), the softmax over the
+            k x k source tokens around each target token's peak (`peak_window`) only.
 
     Returns:
         (grid_x, grid_y): each [B, ht, wt], in the coordinates of x_normal / y_normal.
@@ -98,11 +101,32 @@ def soft_argmax(
     b = corr.shape[0]
     hs, ws = y_normal.shape[0], x_normal.shape[0]
     ht, wt = target_hw
+    if window:
+        corr = jnp.where(peak_window(corr, (hs, ws), window), corr, -jnp.inf)
     prob = softmax_with_temperature(corr, beta, axis=1).reshape(b, hs, ws, ht, wt)
     # Marginalise one source axis, then take the expectation over the other.
     grid_x = jnp.einsum("bxij,x->bij", jnp.sum(prob, axis=1), x_normal)
     grid_y = jnp.einsum("byij,y->bij", jnp.sum(prob, axis=2), y_normal)
     return grid_x, grid_y
+
+
+def peak_window(corr: jnp.ndarray, source_hw: tuple[int, int], window: int) -> jnp.ndarray:
+    """The `window` x `window` source tokens centred on each target token's peak: [B, S, T] bool.
+
+    Near the border the window is cut, not shifted.
+
+    Args:
+        corr: [B, S, T], S = hs * ws.
+        source_hw: (hs, ws).
+        window: odd side, in tokens.
+    """
+    hs, ws = source_hw
+    peak = jnp.argmax(corr, axis=1)  # [B, T]
+    radius = window // 2
+    rows = jnp.repeat(jnp.arange(hs), ws)[None, :, None]  # [1, S, 1]
+    cols = jnp.tile(jnp.arange(ws), hs)[None, :, None]
+    near_row = jnp.abs(rows - (peak // ws)[:, None, :]) <= radius
+    return near_row & (jnp.abs(cols - (peak % ws)[:, None, :]) <= radius)
 
 
 def peak_probability(corr: jnp.ndarray, beta: float) -> jnp.ndarray:

@@ -12,7 +12,12 @@ from matchme_jax.data import pipeline
 from matchme_jax.data.augment import AugmentStrength
 from matchme_jax.models.backbones import is_trainable
 from matchme_jax.train.loop import train_generation
-from matchme_jax.train.state import create_train_state, learning_rates, make_optimizer
+from matchme_jax.train.state import (
+    create_train_state,
+    learning_rates,
+    make_optimizer,
+    trains_soft_argmax_grids,
+)
 from matchme_jax.train.step import TrainStep
 
 ROLES = ("teacher", "student")
@@ -34,7 +39,10 @@ class GenerationTrainer:
             total_steps=config.train.steps, freeze_backbone=config.model.freeze_backbone
         )
         self.optimizer = make_optimizer(
-            config.optim, **schedule, trainable_backbone=functools.partial(is_trainable, model)
+            config.optim,
+            **schedule,
+            trainable_backbone=functools.partial(is_trainable, model),
+            train_soft_argmax_grids=trains_soft_argmax_grids(config.train.loss),
         )
         self._learning_rates = learning_rates(config.optim, **schedule)
         self.train_step = TrainStep(
