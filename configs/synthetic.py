@@ -75,7 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # - a cross-entropy loss on the soft-argmax distribution: the official end-point error
     #   teaches a model unsure of a match to predict the middle of its candidates, and takes
     #   that teacher from 16.0 down to 11.4 in 400 steps; cross-entropy takes it to 18.6;
-    # - that cross-entropy at temperature 0.1, the soft-argmax readout staying at beta 0.02: at
+    # - that cross-entropy at temperature 0.1, not at the official readout's 0.02 (beta): at
     #   0.02 the fine-tuned model flattens its distribution toward a uniform guess's loss
     #   (fine-tuned at 1e-4: 14.79 PCK@0.1 on validation against 29.73 at 0.1), and confidence at
     #   the same 0.1, where tau ranks the pseudo labels (that teacher's precision@0.1 at tau 0.5
@@ -88,9 +88,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # trained at 0.1, the model splits a point between its nearest cells as the loss's target
     # does, and the official soft-argmax at 0.02 over all cells reads it back at the nearest
     # cell centre (the annotator's confident points lay within 0.04 cells of one). On
-    # validation, the teacher and student of the README's run (400 steps) 35.70 and 35.69
-    # PCK@0.1 read officially, 39.40 and 39.87 so; over the nine 1600-step teachers of the
-    # README's seeds table +3.1 on average (docs/embedded_benchmark.md).
+    # validation, the teacher and student of 9f7a746's README run (400 steps): 35.70 and 35.69
+    # PCK@0.1 read officially, 39.40 and 39.87 so (at 0.1: 39.09 and 39.37; in 5 x 5 cells:
+    # 38.83 and 37.94); the nine 1600-step teachers of its `:long` table +3.06 on average
+    # (docs/embedded_benchmark.md).
     config.model.readout_window = 3
     config.model.beta = 0.05
     config.model.aggregator_init = "identity"

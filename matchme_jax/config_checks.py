@@ -64,6 +64,7 @@ DEFAULT_FIELDS = {
     "model.mirror_invariant_taps": False,
     "model.clamp_correlation": False,
     "model.confidence_temperature": 0.0,
+    "model.readout_window": 0,
 }
 UNREAD_FIELDS = ("dataset.test_split", "dataset.validation_split", "corruptions.")
 
