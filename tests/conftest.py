@@ -56,6 +56,27 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return max(1, min(len(os.sched_getaffinity(0)), 4))
 
 
+@pytest.fixture(scope="module")
+def tiny_cats():
+    """The `:tiny` embedded CATs (BatchNorm on fixed statistics), its variables and a random
+    batch: (config, model, variables, (source, target, flow, weight)), flow [2, n, n, 2] in
+    cells and weight [2, n, n] ones. Module-scoped: tests must not change the config."""
+    import jax.numpy as jnp
+    from test_config import load
+
+    from matchme_jax.models import build_model
+
+    config = load("synthetic.py:tiny")
+    config.model.bn_mode = "frozen"
+    model = build_model(config.model)
+    size, n = config.dataset.image_size, config.model.feature_size
+    source = jax.random.normal(jax.random.key(1), (2, size, size, 3))
+    target = jax.random.normal(jax.random.key(2), (2, size, size, 3))
+    variables = jax.jit(model.init)(jax.random.key(0), source, target)
+    flow = jax.random.uniform(jax.random.key(3), (2, n, n, 2), minval=-2.0, maxval=2.0)
+    return config, model, variables, (source, target, flow, jnp.ones((2, n, n)))
+
+
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
     """One TFDS data dir per test process, so each dataset is generated once in each."""

@@ -1,30 +1,20 @@
 """`train.loss_temperature`, `model.confidence_temperature`: temperatures apart from `beta`."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_config import load
 
 from matchme_jax import config_checks
 from matchme_jax.losses import cell_cross_entropy
-from matchme_jax.models import build_model
 from matchme_jax.models.correlation import peak_probability
 from matchme_jax.train.state import create_train_state, make_optimizer
 from matchme_jax.train.step import make_train_forward, make_update_fn
 
 
 @pytest.fixture(scope="module")
-def setup():
-    config = load("synthetic.py:tiny")
-    config.model.bn_mode = "frozen"
-    model = build_model(config.model)
-    size, n = config.dataset.image_size, config.model.feature_size
-    source = jax.random.normal(jax.random.key(1), (2, size, size, 3))
-    target = jax.random.normal(jax.random.key(2), (2, size, size, 3))
-    variables = jax.jit(model.init)(jax.random.key(0), source, target)
-    flow = jax.random.uniform(jax.random.key(3), (2, n, n, 2), minval=-2.0, maxval=2.0)
-    weight = jnp.ones((2, n, n))
+def setup(tiny_cats):
+    config, model, variables, (source, target, flow, weight) = tiny_cats
     optimizer = make_optimizer(config.optim, total_steps=1, freeze_backbone=False)
     state = create_train_state(variables, optimizer)
     forward = make_train_forward(model, bn_train=False, output="refined_corr")

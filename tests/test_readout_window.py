@@ -61,20 +61,8 @@ def test_a_readout_window_must_be_odd_and_fit_the_grid(window):
         build_model(config.model)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    config = load("synthetic.py:tiny")
-    model = build_model(config.model)
-    size, n = config.dataset.image_size, config.model.feature_size
-    source = jax.random.normal(jax.random.key(1), (2, size, size, 3))
-    target = jax.random.normal(jax.random.key(2), (2, size, size, 3))
-    variables = jax.jit(model.init)(jax.random.key(0), source, target)
-    flow = jax.random.uniform(jax.random.key(3), (2, n, n, 2), minval=-1.0, maxval=1.0)
-    return config, model, variables, (source, target, flow, jnp.ones((2, n, n)))
-
-
-def test_the_model_reads_its_flow_in_the_window(tiny):
-    config, model, variables, (source, target, _, _) = tiny
+def test_the_model_reads_its_flow_in_the_window(tiny_cats):
+    config, model, variables, (source, target, _, _) = tiny_cats
     assert model.readout_window == 3  # the embedded default's
     out = jax.jit(lambda v: model.apply(v, source, target, method="correspondence"))(variables)
     n = config.model.feature_size
@@ -95,11 +83,12 @@ def test_the_model_reads_its_flow_in_the_window(tiny):
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "epe"])
-def test_only_a_loss_that_reads_the_flow_moves_the_soft_argmax_grids(tiny, loss):
-    config, model, variables, batch = tiny
-    config.optim.weight_decay = 0.5  # a visible decay in three steps
+def test_only_a_loss_that_reads_the_flow_moves_the_soft_argmax_grids(tiny_cats, loss):
+    config, model, variables, batch = tiny_cats
+    optim = config.optim.copy_and_resolve_references()
+    optim.weight_decay = 0.5  # a visible decay in three steps
     optimizer = make_optimizer(
-        config.optim,
+        optim,
         total_steps=3,
         freeze_backbone=True,
         train_soft_argmax_grids=trains_soft_argmax_grids(loss),

@@ -27,8 +27,8 @@ from matchme_jax.models.common import (
     Mlp,
     check_images,
     linspace_init,
+    model_flow,
     readout_window_problems,
-    soft_argmax_flow,
     trunc_normal_init,
 )
 
@@ -435,14 +435,7 @@ class CATs(nn.Module):
         return [resize_bilinear_align_corners(t, self.feature_size) for t in taps]
 
     def _flow(self, refined: jnp.ndarray) -> jnp.ndarray:
-        return soft_argmax_flow(
-            refined,
-            self.x_normal,
-            self.y_normal,
-            self.beta,
-            self.feature_size,
-            window=self.readout_window,
-        )
+        return model_flow(self, refined)
 
 
 def validate_cats_fields(model: CATs) -> None:

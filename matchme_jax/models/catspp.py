@@ -35,8 +35,8 @@ from matchme_jax.models.common import (
     check_images,
     dot_product_attention,
     linspace_init,
+    model_flow,
     readout_window_problems,
-    soft_argmax_flow,
     trunc_normal_init,
 )
 from matchme_jax.models.conv4d import (
@@ -398,14 +398,7 @@ class CATsPP(nn.Module):
             )
 
     def _flow(self, refined: jnp.ndarray) -> jnp.ndarray:
-        return soft_argmax_flow(
-            refined,
-            self.x_normal,
-            self.y_normal,
-            self.beta,
-            self.feature_size,
-            window=self.readout_window,
-        )
+        return model_flow(self, refined)
 
 
 def _split_levels(taps: list[jnp.ndarray], stage_blocks: tuple[int, ...]) -> list[list]:

@@ -66,6 +66,19 @@ def soft_argmax_flow(
     return correlation.grid_to_flow(grid_x, grid_y)
 
 
+def model_flow(model, refined: jnp.ndarray) -> jnp.ndarray:
+    """`soft_argmax_flow` by a CATs or CATs++ model's readout: its soft-argmax grids (setup
+    params), ``beta``, ``feature_size`` and ``readout_window``."""
+    return soft_argmax_flow(
+        refined,
+        model.x_normal,
+        model.y_normal,
+        model.beta,
+        model.feature_size,
+        window=model.readout_window,
+    )
+
+
 def readout_window_problems(window: int, feature_size: int) -> list[str]:
     """What is wrong with a ``readout_window`` (0, or odd and at most 2 * feature_size - 1)."""
     if window == 0 or (window > 0 and window % 2 and window < 2 * feature_size):
