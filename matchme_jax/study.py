@@ -17,14 +17,14 @@ self-training and student augmentation settings) share one teacher: the first tr
 generation 0 (gen_0/, checkpoints and summary) is kept under the teachers folder (W/teachers/,
 or --teachers to share it between studies) and copied into the others' workdirs, where run.py
 resumes after it. A sweep over tau then compares the students of one teacher, and trains each
-teacher once. At the end W/study.json holds every
-run's per-generation PCK and pseudo-label statistics with the mean and standard deviation per
-cell, W/study.md the table and W/study.png the final PCK@0.1 per cell. A run that fails (say, a
-teacher that keeps no pseudo label at a high tau) is listed with its error in those files, the
-other runs go on, and the command exits with an error naming the failed runs once the tables are
-written. With --report_only nothing runs: the tables hold the runs finished so far and list the
-others as not finished (to follow a long sweep, or one whose runs were launched as separate jobs
-with the same workdirs).
+teacher once. At the end W/study.json holds every run's per-generation PCK and pseudo-label
+statistics with the mean and sample standard deviation (n - 1) per cell, W/study.md the table and
+W/study.png the final PCK@0.1 per cell. A run that fails (say, a teacher that keeps no pseudo
+label at a high tau) is listed with its error in those files, the other runs go on, and the
+command exits with an error naming the failed runs once the tables are written. With
+--report_only nothing runs: the tables hold the runs finished so far and list the others as not
+finished (to follow a long sweep, or one whose runs were launched as separate jobs with the same
+workdirs).
 """
 
 import hashlib
@@ -222,10 +222,12 @@ def _gains(rows: list, last: int) -> dict:
 
 
 def _mean_std(values: list) -> dict:
+    """Mean and sample standard deviation (n - 1; None for a single value) of the values given."""
     values = [v for v in values if v is not None]
     if not values:
         return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return {"mean": float(np.mean(values)), "std": std, "n": len(values)}
 
 
 def collect(
@@ -282,9 +284,11 @@ def collect(
 
 
 def _pm(stat: dict, digits: int = 2) -> str:
-    """mean ± std over seeds ("-" without values)."""
+    """mean ± std over seeds ("-" without values; the mean alone for one run)."""
     if stat["mean"] is None:
         return "-"
+    if stat["std"] is None:
+        return f"{stat['mean']:.{digits}f}"
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
@@ -293,6 +297,9 @@ def markdown(table: dict) -> str:
     numbers, and the final generation's gain over its teacher (smallest: of the worst seed);
     then every generation of every cell."""
     lines = [
+        "Mean ± standard deviation over a cell's seeds (n - 1); gain: the final generation minus "
+        "its own run's teacher.",
+        "",
         "| cell | seeds | teacher PCK@0.1 | final PCK@0.1 | gain | smallest gain | "
         "final val PCK@0.1 | val gain | final pseudo points | final precision@0.1 |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -342,7 +349,7 @@ def plot(table: dict, path: Path) -> None:
         stats = entry["per_generation"]["test_pck@0.1"]
         x = np.arange(len(stats))
         mean = np.array([s["mean"] for s in stats])
-        std = np.array([s["std"] for s in stats])
+        std = np.array([s["std"] or 0.0 for s in stats])
         axes.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=cell)
     generations = max(
         (len(e["per_generation"]["test_pck@0.1"]) for e in plotted.values()), default=1

@@ -61,16 +61,17 @@ def test_runs_each_cell_per_seed_and_skips_finished_runs(tmp_path):
     assert calls[0][0] == "configs/synthetic.py:tiny"
     assert calls[3][2] == ["--config.selftrain.tau=0.5", "--config.seed=1"]
     final = table["cells"]["tau=0.5"]["per_generation"]["test_pck@0.1"][2]
-    assert final == {"mean": pytest.approx(14.0), "std": pytest.approx(1.5), "n": 2}
+    # Sample standard deviations (n - 1): of 12.5 and 15.5, and of the gains 2 and 4.
+    assert final == {"mean": pytest.approx(14.0), "std": pytest.approx(1.5 * 2**0.5), "n": 2}
     gain = table["cells"]["tau=0.5"]["final_gain"]  # seed 0: 12.5 - 10.5; seed 1: 15.5 - 11.5
-    assert gain["test"] == {"mean": pytest.approx(3.0), "std": pytest.approx(1.0), "n": 2}
+    assert gain["test"] == {"mean": pytest.approx(3.0), "std": pytest.approx(2**0.5), "n": 2}
     assert gain["smallest_test"] == pytest.approx(2.0)
     assert gain["validation"]["mean"] == pytest.approx(2.0)
     assert table["cells"]["tau=0.0"]["per_generation"]["pseudo_points"][0]["n"] == 0
     for name in (study.STUDY_FILE, study.TABLE_FILE, study.PLOT_FILE):
         assert (tmp_path / "W" / name).stat().st_size > 0
     assert (
-        "| tau=0.5 | 2 | 11.00 ± 0.50 | 14.00 ± 1.50 | 3.00 ± 1.00 | +2.00 | 22.00 ± 0.00 | "
+        "| tau=0.5 | 2 | 11.00 ± 0.71 | 14.00 ± 2.12 | 3.00 ± 1.41 | +2.00 | 22.00 ± 0.00 | "
         "2.00 ± 0.00 |" in (tmp_path / "W" / "study.md").read_text()
     )
 
@@ -83,6 +84,12 @@ def test_runs_each_cell_per_seed_and_skips_finished_runs(tmp_path):
     unfinished.write_text(json.dumps(content))
     study.run_study(path, tmp_path / "W", runner=runner)
     assert [str(c[1]) for c in calls] == ["tau=0.0/seed1"]
+
+
+def test_one_run_has_a_mean_and_no_spread():
+    assert study._mean_std([3.0, None]) == {"mean": 3.0, "std": None, "n": 1}
+    assert study._pm(study._mean_std([3.0])) == "3.00"
+    assert study._pm(study._mean_std([])) == "-"
 
 
 def test_runs_that_differ_only_in_student_settings_share_their_teacher(tmp_path):
