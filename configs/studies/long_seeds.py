@@ -1,5 +1,5 @@
 """Robustness at four times the budget: `configs/synthetic.py:long` for 3 training seeds on 3
-benchmarks (generator seeds), where the students beat their teachers on average (README).
+benchmarks (generator seeds), where every student beats its teacher on test (README).
 
 python -m matchme_jax.study --study=configs/studies/long_seeds.py --workdir=W
 
