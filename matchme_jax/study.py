@@ -283,13 +283,13 @@ def collect(
     return table
 
 
-def _pm(stat: dict, digits: int = 2) -> str:
-    """mean ± std over seeds ("-" without values; the mean alone for one run)."""
+def _pm(stat: dict, digits: int = 2, sign: str = "") -> str:
+    """mean ± std over seeds ("-" without values; the mean alone for one run); sign "+" signs
+    the mean (gains)."""
     if stat["mean"] is None:
         return "-"
-    if stat["std"] is None:
-        return f"{stat['mean']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    mean = f"{stat['mean']:{sign}.{digits}f}"
+    return mean if stat["std"] is None else f"{mean} ± {stat['std']:.{digits}f}"
 
 
 def markdown(table: dict) -> str:
@@ -312,9 +312,9 @@ def markdown(table: dict) -> str:
         last = len(s["test_pck@0.1"]) - 1
         lines.append(
             f"| {cell} | {len(entry['runs'])} | {_pm(s['test_pck@0.1'][0])} | "
-            f"{_pm(s['test_pck@0.1'][last])} | {_pm(gain['test'])} | "
+            f"{_pm(s['test_pck@0.1'][last])} | {_pm(gain['test'], sign='+')} | "
             f"{gain['smallest_test']:+.2f} | {_pm(s['validation_pck@0.1'][last])} | "
-            f"{_pm(gain['validation'])} | {_pm(s['pseudo_points'][last], 0)} | "
+            f"{_pm(gain['validation'], sign='+')} | {_pm(s['pseudo_points'][last], 0)} | "
             f"{_pm(s['precision@0.1'][last])} |"
         )
     lines += [

@@ -71,8 +71,8 @@ def test_runs_each_cell_per_seed_and_skips_finished_runs(tmp_path):
     for name in (study.STUDY_FILE, study.TABLE_FILE, study.PLOT_FILE):
         assert (tmp_path / "W" / name).stat().st_size > 0
     assert (
-        "| tau=0.5 | 2 | 11.00 ± 0.71 | 14.00 ± 2.12 | 3.00 ± 1.41 | +2.00 | 22.00 ± 0.00 | "
-        "2.00 ± 0.00 |" in (tmp_path / "W" / "study.md").read_text()
+        "| tau=0.5 | 2 | 11.00 ± 0.71 | 14.00 ± 2.12 | +3.00 ± 1.41 | +2.00 | 22.00 ± 0.00 | "
+        "+2.00 ± 0.00 |" in (tmp_path / "W" / "study.md").read_text()
     )
 
     # Rerun: every run is finished, nothing runs again; an unfinished one (no
