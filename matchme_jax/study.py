@@ -9,8 +9,9 @@ A study file's `get_study()` returns a dict:
   cells:     {label: {field: value}}, the settings compared;
   seeds:     {field: values}, e.g. {"seed": (0, 1)}; every cell runs once per combination.
 Each run is `python run.py --config=... --workdir=W/<cell>/<seeds> --config.<field>=<value> ...`
-(a workdir per run, so reruns continue or skip it). A run whose results.json is complete is
-skipped; an unfinished one continues where it stopped.
+(a workdir per run, so reruns continue or skip it). A run whose results.json is complete, with
+the student generations its settings ask for, is skipped; an unfinished one continues where it
+stopped, and so does one that finished fewer generations (a study raised to more).
 
 Runs that differ only in fields the teacher does not read (`STUDENT_ONLY_FIELDS`: the
 self-training and student augmentation settings) share one teacher: the first trains it, and its
@@ -42,7 +43,7 @@ from absl import app, flags, logging
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from matchme_jax import atomic, results
+from matchme_jax import atomic, defaults, results
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY_FILE, TABLE_FILE, PLOT_FILE = "study.json", "study.md", "study.png"
@@ -103,11 +104,18 @@ def teacher_key(config: str, texts: list[str], overrides: dict) -> str:
     return hashlib.sha256(content.encode()).hexdigest()[:16]
 
 
+def _default_generations(config: str) -> int:
+    """`selftrain.generations` of the experiment config, as run.py's --config loads it."""
+    file, _, arg = config.partition(":")
+    return defaults.load_config_file(ROOT / file, arg or None).selftrain.generations
+
+
 def runs(study: dict) -> list[dict]:
-    """Every (cell, seeds) run: its label, seeds, relative workdir, override flags and the key of
-    its teacher (`teacher_key`)."""
+    """Every (cell, seeds) run: its label, seeds, relative workdir, override flags, the key of
+    its teacher (`teacher_key`) and the number of student generations it trains."""
     fields = list(study["seeds"])
     texts = config_texts(study["config"])
+    default_generations = _default_generations(study["config"])
     planned = []
     for cell, settings in study["cells"].items():
         for values in itertools.product(*(study["seeds"][f] for f in fields)):
@@ -121,18 +129,25 @@ def runs(study: dict) -> list[dict]:
                     "workdir": Path(_slug(cell)) / name,
                     "flags": [f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()],
                     "teacher": teacher_key(study["config"], texts, overrides),
+                    "generations": overrides.get("selftrain.generations", default_generations),
                 }
             )
     return planned
 
 
-def finished(workdir: Path) -> dict | None:
-    """A run's results.json when the run completed (it is written last), else None."""
+def finished(workdir: Path, generations: int | None = None) -> dict | None:
+    """A run's results.json when the run completed (`train_step_compilations` is written last)
+    with at least `generations` student generations, else None: a run finished with fewer
+    (a study that now asks for more) continues."""
     path = workdir / results.RESULTS_FILE
     if not path.exists():
         return None
     content = atomic.read_json(path, fix="delete it; the study then continues that run")
-    return content if "train_step_compilations" in content else None
+    if "train_step_compilations" not in content:
+        return None
+    if generations is not None and len(content["generations"]) <= generations:
+        return None
+    return content
 
 
 def _teacher_done(gen_dir: Path) -> bool:
@@ -257,7 +272,8 @@ def collect(
     ]
     for cell in study["cells"]:
         cell_runs = [r for r in planned if r["cell"] == cell and str(r["workdir"]) in done]
-        rows = [_row(done[str(r["workdir"])]) for r in cell_runs]
+        # A workdir may hold more generations than its cell trains (one continued further).
+        rows = [_row(done[str(r["workdir"])])[: r["generations"] + 1] for r in cell_runs]
         # A cell whose every run failed keeps its place in the table, without numbers.
         generations = min((len(r) for r in rows), default=0)
         summary = {
@@ -383,7 +399,7 @@ def run_study(
     for r in planned:
         run_dir = workdir / r["workdir"]
         shared = teachers / r["teacher"] / "gen_0"
-        previous = finished(run_dir)
+        previous = finished(run_dir, r["generations"])
         if previous is not None:
             logging.info("Skipping %s: finished.", run_dir)
             done[str(r["workdir"])] = previous

@@ -86,6 +86,25 @@ def test_runs_each_cell_per_seed_and_skips_finished_runs(tmp_path):
     assert [str(c[1]) for c in calls] == ["tau=0.0/seed1"]
 
 
+def test_a_run_with_fewer_generations_than_its_cell_continues(tmp_path):
+    # The tiny config trains two student generations; the cells ask for one and for three.
+    cells = {"one": {"selftrain.generations": 1}, "three": {"selftrain.generations": 3}}
+    path = _write_study(tmp_path / "s.py", cells=cells)
+    for cell in ("one", "three"):
+        for seed in (0, 1):
+            (tmp_path / "W" / cell / f"seed{seed}").mkdir(parents=True)
+            results = json.dumps(_fake_results(seed, 0.0))  # generations 0, 1 and 2
+            (tmp_path / "W" / cell / f"seed{seed}" / "results.json").write_text(results)
+    planned = {str(r["workdir"]): r["generations"] for r in study.runs(study.load_study(path))}
+    assert planned == {"one/seed0": 1, "one/seed1": 1, "three/seed0": 3, "three/seed1": 3}
+
+    table = study.run_study(path, tmp_path / "W", runner=None, report_only=True)
+    assert [u["workdir"] for u in table["unfinished"]] == ["three/seed0", "three/seed1"]
+    one = table["cells"]["one"]
+    assert len(one["per_generation"]["test_pck@0.1"]) == 2  # read up to its own generation 1
+    assert one["final_gain"]["test"]["mean"] == pytest.approx(1.5)  # seeds 0, 1: +1, +2
+
+
 def test_one_run_has_a_mean_and_no_spread():
     assert study._mean_std([3.0, None]) == {"mean": 3.0, "std": None, "n": 1}
     assert study._pm(study._mean_std([3.0])) == "3.00"
