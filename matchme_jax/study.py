@@ -107,6 +107,10 @@ def teacher_key(config: str, texts: list[str], overrides: dict) -> str:
 def _default_generations(config: str) -> int:
     """`selftrain.generations` of the experiment config, as run.py's --config loads it."""
     file, _, arg = config.partition(":")
+    if not (ROOT / file).is_file():
+        raise FileNotFoundError(
+            f"The study's config {config!r} names no file under {ROOT} (see configs/)."
+        )
     return defaults.load_config_file(ROOT / file, arg or None).selftrain.generations
 
 

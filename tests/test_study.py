@@ -151,6 +151,9 @@ def test_a_bad_study_file_is_named(tmp_path):
     (tmp_path / "empty.py").write_text("def get_study():\n    return dict(config='c', seeds={})\n")
     with pytest.raises(ValueError, match=r"empty.py: get_study\(\) lacks \['cells'\]"):
         study.load_study(tmp_path / "empty.py")
+    missing_config = _write_study(tmp_path / "m.py", config="configs/no_such.py:tiny")
+    with pytest.raises(FileNotFoundError, match=r"'configs/no_such.py:tiny' names no file"):
+        study.runs(study.load_study(missing_config))
 
 
 def test_a_failed_run_is_listed_and_the_others_go_on(tmp_path):
