@@ -88,9 +88,9 @@ def _slug(text: str) -> str:
 
 
 def config_texts(config: str) -> list[str]:
-    """The text of the config's file and of the defaults it builds on ("" where absent)."""
+    """The text of the config's file and of the defaults it builds on."""
     paths = (ROOT / config.split(":")[0], ROOT / "matchme_jax" / "defaults.py")
-    return [p.read_text() if p.is_file() else "" for p in paths]
+    return [p.read_text() for p in paths]
 
 
 def teacher_key(config: str, texts: list[str], overrides: dict) -> str:
@@ -118,8 +118,8 @@ def runs(study: dict) -> list[dict]:
     """Every (cell, seeds) run: its label, seeds, relative workdir, override flags, the key of
     its teacher (`teacher_key`) and the number of student generations it trains."""
     fields = list(study["seeds"])
+    default_generations = _default_generations(study["config"])  # first: checks the file is there
     texts = config_texts(study["config"])
-    default_generations = _default_generations(study["config"])
     planned = []
     for cell, settings in study["cells"].items():
         for values in itertools.product(*(study["seeds"][f] for f in fields)):
